@@ -1,0 +1,1 @@
+"""Shared machinery used by every system; knows nothing about any single system."""

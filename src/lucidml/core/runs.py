@@ -1,0 +1,131 @@
+"""Run folders, atomic writes, checkpoints and resume.
+
+A run folder holds ``config.yaml``, ``results.json``, ``metrics.jsonl``, figures and
+reports. Every file appears whole or not at all: writes go to a temporary file in the
+same folder and are renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lucidml.errors import InputError
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def _atomic_write(path: str | Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_to_jsonable) + "\n")
+
+
+def write_yaml(path: str | Path, obj: Any) -> Path:
+    obj = json.loads(json.dumps(obj, default=_to_jsonable))
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def save_torch(path: str | Path, obj: Any) -> Path:
+    import torch
+
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("LUCID_RUNS", "runs"))
+
+
+def make_run_dir(system: str, out: str | Path | None = None) -> Path:
+    """Create (or reuse) the run folder: ``out`` if given, else ``runs/<system>/<timestamp>``."""
+    path = Path(out) if out is not None else default_root() / system / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".lucid-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"cannot write the output folder {path}: {reason.lower()}") from None
+    return path
+
+
+class Run:
+    """A run folder with helpers for the files every job writes."""
+
+    def __init__(self, system: str, out: str | Path | None = None, config: Any = None):
+        self.path = make_run_dir(system, out)
+        if config is not None:
+            write_yaml(self.path / "config.yaml", config)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def write_results(self, results: dict) -> Path:
+        return write_json(self.path / "results.json", results)
+
+    def log_metrics(self, record: dict) -> None:
+        """Append one JSON line to ``metrics.jsonl`` (a line is written whole, then flushed)."""
+        line = json.dumps(record, default=_to_jsonable) + "\n"
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(line)
+            f.flush()
+
+    def checkpoint(self, key: str, state: Any) -> Path:
+        return save_torch(self.path / "checkpoints" / f"{key}.pt", state)
+
+    def resume(self, key: str) -> Any | None:
+        """The state saved under ``key``, or None when this run has not reached it."""
+        import torch
+
+        path = self.path / "checkpoints" / f"{key}.pt"
+        return torch.load(path, weights_only=False) if path.is_file() else None
+
+    def done(self, key: str) -> bool:
+        return (self.path / "checkpoints" / f"{key}.pt").is_file()

@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from lucidml.core.zoo import load_digits
+
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def digits_clip():
+    from lucidml.core.zoo import load_vlm
+
+    return load_vlm("digits-clip")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from lucidml.core.zoo import load_llm
+
+    return load_llm()
