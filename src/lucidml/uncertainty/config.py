@@ -1,0 +1,58 @@
+"""Configs for BayesVLM jobs; defaults are the paper's unless a comment says otherwise."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from lucidml.core.config import Config
+
+
+class PosteriorConfig(Config):
+    """How the Laplace posterior over both projections is fitted and used."""
+
+    class_batch: int = Field(32_768, gt=1)  # softmax candidates per Hessian batch
+    data_batch: int = Field(256, gt=0)  # paper: 5; only trades memory for speed
+    fit_n: float = Field(1.0, gt=0)  # pseudo-data count when fitting lambda
+    predict_n: float = Field(10.0, gt=0)  # pseudo-data count for prediction and selection
+    damping: Literal["split", "eig"] = "split"
+    compat_logdet: bool = False  # True reproduces the reference's (incorrect) logdet term
+    solver: Literal["brent", "adam"] = "brent"  # paper: adam (lr 1e-2, 300 steps)
+    lambda_init_img: float = Field(800.0, gt=0)
+    lambda_init_txt: float = Field(400.0, gt=0)
+    cosine_var: Literal["reference", "projected"] = "reference"
+    encode_batch: int = Field(256, gt=0)
+
+
+class PredictConfig(Config):
+    predictive: Literal["probit", "mc"] = "probit"
+    mc_samples: int = Field(400, gt=0)
+    ece_bins: int = Field(20, gt=1)
+    templates: list[str] | None = None  # None: the model's own templates
+    seed: int = 0
+
+
+class FinetuneConfig(Config):
+    """Few-shot tuning of the image projection only (cross-entropy on MAP logits)."""
+
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(5e-2, ge=0)
+    epochs: int = Field(100, gt=0)
+    batch_size: int = Field(30, gt=0)
+    val_size: int = Field(200, ge=0)  # labelled pool items held out to pick the best epoch
+
+
+class ActiveConfig(Config):
+    strategy: Literal["random", "entropy", "bald", "epig"] = "epig"
+    budget: int = Field(50, gt=0)  # paper: subset_size
+    select_on: Literal["test", "train"] = (
+        "test"  # rank targets then map to the pool, or rank the pool
+    )
+    knn_distance: Literal["w2diag", "euclidean"] = "w2diag"
+    bald_samples: int = Field(1000, gt=1)
+    epig_samples: int = Field(100, gt=1)
+    epig_pool_max: int = Field(40_000, gt=0)
+    epig_target_max: int = Field(20_000, gt=0)
+    seed: int = 0
+    finetune: FinetuneConfig = FinetuneConfig()

@@ -1,0 +1,325 @@
+"""BayesVLM: a Kronecker-factored Laplace posterior over both projections of a CLIP/SigLIP.
+
+bvlm = BayesVLM(vlm).fit((images, captions)).optimize_prior_precision()
+logits = bvlm.predict(images, ["a photo of a cat.", "a photo of a dog."])
+probs = logits.probs()            # probit-corrected; logits.var is the uncertainty
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lucidml.errors import InputError, ModelError, ShapeError
+from lucidml.uncertainty import kfac
+from lucidml.uncertainty.config import PosteriorConfig
+from lucidml.uncertainty.hessians import ggn_sum
+from lucidml.uncertainty.predictive import ProbabilisticLogits
+from lucidml.uncertainty.probcos import cosine_moments
+from lucidml.uncertainty.towers import (
+    TOWERS,
+    TowerInputs,
+    image_inputs,
+    projection_layer,
+    text_inputs,
+)
+
+log = logging.getLogger(__name__)
+FACTORS_FILE, META_FILE = "factors.safetensors", "posterior.json"
+
+
+@dataclass
+class TowerPosterior:
+    """The fitted factors of one projection, their eigenbases and its prior precision."""
+
+    factors: kfac.KronFactors
+    theta_sqnorm: float  # ||[W, b]||^2 of the pretrained projection
+    prior_precision: float
+    alpha: torch.Tensor = field(init=False)
+    U: torch.Tensor = field(init=False)
+    beta: torch.Tensor = field(init=False)
+    V: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.alpha, self.U = kfac.psd_eigh(self.factors.A)
+        self.beta, self.V = kfac.psd_eigh(self.factors.B)
+
+    def covariance_eigenvalues(self, n: float, damping: str) -> torch.Tensor:
+        return kfac.covariance_eigenvalues(self.alpha, self.beta, n, self.prior_precision, damping)
+
+
+class BayesVLM:
+    """Post-hoc Laplace uncertainty for a ``VisionLanguageModel`` (CLIP or SigLIP)."""
+
+    def __init__(self, vlm, config: PosteriorConfig | None = None):
+        self.vlm, self.config = vlm, config or PosteriorConfig()
+        self.layers = {t: projection_layer(vlm, t) for t in TOWERS}
+        self.posteriors: dict[str, TowerPosterior] = {}
+        self.lambda_fitted = False
+
+    # --- the layer ------------------------------------------------------------------------
+    def _weight(self, tower: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        layer = self.layers[tower]
+        bias = None if layer.bias is None else layer.bias.detach().double().cpu()
+        return layer.weight.detach().double().cpu(), bias
+
+    def _design(self, tower: str, a: torch.Tensor) -> torch.Tensor:
+        """The layer's input with the bias column appended where it has a bias."""
+        return a if self.layers[tower].bias is None else kfac.with_bias_column(a)
+
+    def embed(self, tower: str, x: TowerInputs, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised embeddings W a + b + r, optionally with another weight (q, p)."""
+        w, b = self._weight(tower)
+        e = x.a @ (w if weight is None else weight).T
+        if b is not None:
+            e = e + b
+        return e if x.r is None else e + x.r
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.vlm.logit_scale.detach())
+
+    @property
+    def logit_bias(self) -> float:
+        return float(self.vlm.logit_bias.detach()) if self.vlm.kind == "siglip" else 0.0
+
+    # --- fitting --------------------------------------------------------------------------
+    def fit(self, pairs) -> BayesVLM:
+        """Accumulate K-FAC factors from image-caption pairs: one ``(images, captions)``
+        tuple (split into class batches) or an iterable of such batches (a loader)."""
+        encoded = (
+            (
+                image_inputs(self.vlm, images, self.config.encode_batch),
+                text_inputs(self.vlm, captions, self.config.encode_batch),
+            )
+            for images, captions in self._class_batches(pairs)
+        )
+        return self._fit_batches(encoded)
+
+    def fit_inputs(self, img: TowerInputs, txt: TowerInputs) -> BayesVLM:
+        """``fit`` on cached projection inputs of paired images and captions."""
+        if len(img) != len(txt):
+            raise ShapeError(f"got {len(img)} image inputs but {len(txt)} caption inputs")
+        step = self.config.class_batch
+        return self._fit_batches(
+            (img[i : i + step], txt[i : i + step]) for i in range(0, len(img), step)
+        )
+
+    def _fit_batches(self, batches: Iterable[tuple[TowerInputs, TowerInputs]]) -> BayesVLM:
+        dims = {t: self.layers[t].in_features + (self.layers[t].bias is not None) for t in TOWERS}
+        q = self.layers["image"].out_features
+        sum_aa = {t: torch.zeros(dims[t], dims[t], dtype=torch.float64) for t in TOWERS}
+        sum_h = {t: torch.zeros(q, q, dtype=torch.float64) for t in TOWERS}
+        n_used = 0
+        for img, txt in batches:
+            self._accumulate(img, txt, sum_aa, sum_h)
+            n_used += len(img)
+        if n_used == 0:
+            raise InputError("no image-caption pairs to fit the posterior on")
+        # Incomplete class batches are kept (the reference drops them silently).
+        log.info("fitted K-FAC factors on %d image-caption pairs", n_used)
+        for t in TOWERS:
+            factors = kfac.KronFactors.from_sums(sum_aa[t], sum_h[t], n_used)
+            self._set_posterior(t, factors, self._default_lambda(t))
+        self.lambda_fitted = False
+        return self
+
+    def _class_batches(self, pairs) -> Iterable[tuple[torch.Tensor, Sequence[str]]]:
+        if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], torch.Tensor):
+            images, captions = pairs
+            if len(images) != len(captions):
+                raise ShapeError(
+                    f"got {len(images)} images but {len(captions)} captions; "
+                    "expected one caption per image"
+                )
+            step = self.config.class_batch
+            return [
+                (images[i : i + step], list(captions[i : i + step]))
+                for i in range(0, len(images), step)
+            ]
+        return pairs
+
+    def _accumulate(self, img: TowerInputs, txt: TowerInputs, sum_aa: dict, sum_h: dict) -> None:
+        """Add one class batch: each image scores against the batch's captions and back."""
+        x = {"image": self.embed("image", img), "text": self.embed("text", txt)}
+        other = {"image": F.normalize(x["text"], dim=-1), "text": F.normalize(x["image"], dim=-1)}
+        for t, inputs in (("image", img), ("text", txt)):
+            design = self._design(t, inputs.a)
+            sum_aa[t] += design.T @ design
+            for start in range(0, len(design), self.config.data_batch):
+                xs = x[t][start : start + self.config.data_batch]
+                sum_h[t] += ggn_sum(self.vlm.kind, xs, other[t], self.logit_scale, self.logit_bias)
+
+    def _default_lambda(self, tower: str) -> float:
+        c = self.config
+        return c.lambda_init_img if tower == "image" else c.lambda_init_txt
+
+    def _set_posterior(self, tower: str, factors: kfac.KronFactors, lam: float) -> None:
+        w, b = self._weight(tower)
+        theta = w if b is None else torch.cat([w, b[:, None]], dim=1)
+        self.posteriors[tower] = TowerPosterior(factors, float((theta**2).sum()), lam)
+
+    def _require_fitted(self) -> None:
+        if not self.posteriors:
+            raise ModelError("the posterior is not fitted: call fit() or load() first")
+
+    def optimize_prior_precision(self) -> BayesVLM:
+        """Fit each tower's prior precision by maximising the Laplace marginal likelihood."""
+        self._require_fitted()
+        c = self.config
+        for t, post in self.posteriors.items():
+            post.prior_precision = kfac.optimize_prior_precision(
+                post.alpha,
+                post.beta,
+                post.theta_sqnorm,
+                n=c.fit_n,
+                damping=c.damping,
+                compat=c.compat_logdet,
+                solver=c.solver,
+                init=self._default_lambda(t),
+            )
+        self.lambda_fitted = True
+        return self
+
+    @property
+    def prior_precision(self) -> dict[str, float]:
+        return {t: p.prior_precision for t, p in self.posteriors.items()}
+
+    # --- prediction -----------------------------------------------------------------------
+    def embedding_moments(
+        self, tower: str, x: TowerInputs, map_estimate: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (N, q) and diagonal variance (N, q) of the tower's unnormalised embeddings."""
+        mean = self.embed(tower, x)
+        if map_estimate:
+            return mean, torch.zeros_like(mean)
+        self._require_fitted()
+        post = self.posteriors[tower]
+        M = post.covariance_eigenvalues(self.config.predict_n, self.config.damping)
+        return mean, kfac.embedding_variance(self._design(tower, x.a), post.U, post.V, M)
+
+    def logits(
+        self, img: TowerInputs, txt: TowerInputs, map_estimate: bool = False
+    ) -> ProbabilisticLogits:
+        """Gaussian logits (N, C) from cached inputs of N images and C texts."""
+        mu_i, var_i = self.embedding_moments("image", img, map_estimate)
+        mu_t, var_t = self.embedding_moments("text", txt, map_estimate)
+        mean, var = cosine_moments(mu_i, var_i, mu_t, var_t, self.config.cosine_var)
+        s = self.logit_scale
+        return ProbabilisticLogits(s * mean + self.logit_bias, s**2 * var)
+
+    def predict(
+        self, images: torch.Tensor, texts: Sequence[str], map_estimate: bool = False
+    ) -> ProbabilisticLogits:
+        """Gaussian logits of every image against every text; ``map_estimate`` gives the
+        pretrained model's logits with zero variance."""
+        if isinstance(texts, str) or len(texts) == 0:
+            raise InputError("expected a non-empty list of texts")
+        img = image_inputs(self.vlm, images, self.config.encode_batch)
+        txt = text_inputs(self.vlm, texts, self.config.encode_batch)
+        return self.logits(img, txt, map_estimate)
+
+    def class_inputs(
+        self, class_names: Sequence[str], templates: Sequence[str] | None = None
+    ) -> TowerInputs:
+        """One text input per class: the mean projection input over the templates."""
+        if len(class_names) == 0:
+            raise InputError("the list of class names is empty")
+        templates = list(templates or self.vlm.templates)
+        texts = [t.format(c) for c in class_names for t in templates]
+        txt = text_inputs(self.vlm, texts, self.config.encode_batch)
+        return TowerInputs(txt.a.view(len(class_names), len(templates), -1).mean(1))
+
+    def sample_logits(
+        self,
+        img: TowerInputs,
+        txt: TowerInputs,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Logits (S, N, C) under joint posterior draws of both projections; draws are
+        shared across all N images, which acquisition functions like EPIG need."""
+        self._require_fitted()
+        out = []
+        for _ in range(n_samples):
+            emb = {}
+            for t, x in (("image", img), ("text", txt)):
+                post = self.posteriors[t]
+                M = post.covariance_eigenvalues(self.config.predict_n, self.config.damping)
+                noise = kfac.sample_weight_noise(post.U, post.V, M, 1, generator)[0]
+                delta = self._design(t, x.a) @ noise.T
+                emb[t] = F.normalize(self.embed(t, x) + delta, dim=-1)
+            out.append(self.logit_scale * emb["image"] @ emb["text"].T + self.logit_bias)
+        return torch.stack(out)
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write ``factors.safetensors`` and ``posterior.json`` into ``folder``."""
+        from safetensors.torch import save as st_save
+
+        from lucidml.core.runs import atomic_write_bytes, write_json
+
+        self._require_fitted()
+        folder = Path(folder)
+        tensors = {}
+        for t, post in self.posteriors.items():
+            tensors[f"{t}.A"] = post.factors.A.contiguous()
+            tensors[f"{t}.B"] = post.factors.B.contiguous()
+        atomic_write_bytes(folder / FACTORS_FILE, st_save(tensors))
+        meta = {
+            "model": self.vlm.name,
+            "kind": self.vlm.kind,
+            "n_pairs": self.posteriors["image"].factors.n_data,
+            "shapes": {
+                t: [self.layers[t].out_features, self.layers[t].in_features] for t in TOWERS
+            },
+            "prior_precision": self.prior_precision,
+            "lambda_fitted": self.lambda_fitted,
+            "config": self.config.model_dump(mode="json"),
+        }
+        write_json(folder / META_FILE, meta)
+        return folder
+
+    @classmethod
+    def load(cls, vlm, folder: str | Path, config: PosteriorConfig | None = None) -> BayesVLM:
+        """Rebuild a fitted BayesVLM for ``vlm`` from a folder written by ``save``."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from lucidml.core.runs import read_json
+
+        folder = Path(folder)
+        if not (folder / FACTORS_FILE).is_file():
+            raise InputError(
+                f"{folder} holds no {FACTORS_FILE}; run `lucid uncertainty fit` to create it"
+            )
+        meta = read_json(folder / META_FILE)
+        if not isinstance(meta, dict) or "shapes" not in meta:
+            raise InputError(f"{folder / META_FILE} is not a BayesVLM posterior description")
+        try:
+            tensors = load_file(folder / FACTORS_FILE)
+        except (SafetensorError, OSError) as exc:
+            raise InputError(
+                f"{folder / FACTORS_FILE} is not a readable safetensors file ({exc})"
+            ) from None
+        base = PosteriorConfig.from_dict(meta.get("config", {}), source=str(folder / META_FILE))
+        self = cls(vlm, config or base)
+        for t in TOWERS:
+            want = [self.layers[t].out_features, self.layers[t].in_features]
+            if meta["shapes"].get(t) != want or f"{t}.A" not in tensors:
+                raise ModelError(
+                    f"the factors in {folder} were fitted on '{meta.get('model')}' "
+                    f"({t} projection {meta['shapes'].get(t)}), which does not "
+                    f"match {vlm.name} ({t} projection {want})"
+                )
+            factors = kfac.KronFactors(
+                tensors[f"{t}.A"].double(), tensors[f"{t}.B"].double(), int(meta["n_pairs"])
+            )
+            self._set_posterior(t, factors, float(meta["prior_precision"][t]))
+        self.lambda_fitted = bool(meta.get("lambda_fitted", False))
+        return self

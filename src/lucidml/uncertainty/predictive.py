@@ -1,0 +1,60 @@
+"""Gaussian logits and the probabilities they imply (probit approximation or sampling)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lucidml.errors import ConfigError
+
+PREDICTIVES = ("probit", "mc")
+
+
+def probit_scale(var: torch.Tensor) -> torch.Tensor:
+    """kappa = (1 + pi v / 8)^(-1/2): E[sigmoid(z)] ~ sigmoid(kappa mu) for z ~ N(mu, v)."""
+    return (1 + math.pi * var / 8).rsqrt()
+
+
+def probit_softmax(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Probit-approximated E[softmax(z)] for independent z_c ~ N(mean_c, var_c), (N, C)."""
+    return torch.softmax(probit_scale(var) * mean, dim=-1)
+
+
+def probit_sigmoid(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Probit-approximated E[sigmoid(z)] per entry (SigLIP's multi-label view)."""
+    return torch.sigmoid(probit_scale(var) * mean)
+
+
+def mc_softmax(
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    n_samples: int = 400,
+    generator: torch.Generator | None = None,
+    chunk: int = 50,
+) -> torch.Tensor:
+    """Monte Carlo E[softmax(z)] over ``n_samples`` draws of z ~ N(mean, diag var)."""
+    std, total = var.sqrt(), torch.zeros_like(mean)
+    for start in range(0, n_samples, chunk):
+        k = min(chunk, n_samples - start)
+        eps = torch.randn((k, *mean.shape), generator=generator, dtype=mean.dtype)
+        total += torch.softmax(mean + std * eps, dim=-1).sum(0)
+    return total / n_samples
+
+
+@dataclass
+class ProbabilisticLogits:
+    """Logits as independent Gaussians: ``mean`` and ``var`` are (N, C)."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    def probs(self, method: str = "probit", n_samples: int = 400, seed: int = 0) -> torch.Tensor:
+        """Class probabilities by the probit approximation (default) or Monte Carlo."""
+        if method == "probit":
+            return probit_softmax(self.mean, self.var)
+        if method == "mc":
+            gen = torch.Generator().manual_seed(seed)
+            return mc_softmax(self.mean, self.var, n_samples, generator=gen)
+        raise ConfigError(f"unknown predictive '{method}', expected one of {PREDICTIVES}")

@@ -1,0 +1,104 @@
+"""Where each tower's last linear map sits, and the activations that feed it.
+
+An embedding is e = W a + b + r: ``a`` is the projection input, ``b`` its bias (if any)
+and ``r`` a residual added after it (SigLIP's image head ends in ``x + mlp(x)``).
+The encoders run once; everything BayesVLM does afterwards works on (a, r).
+
+| model  | image layer                      | text layer             |
+|--------|----------------------------------|------------------------|
+| CLIP   | ``visual_projection`` (no bias)  | ``text_projection``    |
+| SigLIP | ``vision_model.head.mlp.fc2``    | ``text_model.head``    |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lucidml.core.hooks import Site, capture
+from lucidml.errors import ModelError
+
+TOWERS = ("image", "text")
+_LAYERS = {
+    ("clip", "image"): "visual_projection",
+    ("clip", "text"): "text_projection",
+    ("siglip", "image"): "vision_model.head.mlp.fc2",
+    ("siglip", "text"): "text_model.head",
+}
+
+
+@dataclass
+class TowerInputs:
+    """Projection inputs ``a`` (N, p) and post-projection residuals ``r`` (N, q) or None."""
+
+    a: torch.Tensor
+    r: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, idx) -> TowerInputs:
+        return TowerInputs(self.a[idx], None if self.r is None else self.r[idx])
+
+    @staticmethod
+    def cat(parts: Sequence[TowerInputs]) -> TowerInputs:
+        r = None if parts[0].r is None else torch.cat([p.r for p in parts])
+        return TowerInputs(torch.cat([p.a for p in parts]), r)
+
+    def mean(self) -> TowerInputs:
+        """The average input: its embedding is the average embedding, since e is affine in a."""
+        return TowerInputs(
+            self.a.mean(0, keepdim=True), None if self.r is None else self.r.mean(0, keepdim=True)
+        )
+
+
+def projection_layer(vlm, tower: str) -> nn.Linear:
+    """The linear layer the posterior is placed on, checked to be a Linear into the joint space."""
+    name = _LAYERS[(vlm.kind, tower)]
+    try:
+        layer = vlm.model.get_submodule(name)
+    except AttributeError:
+        raise ModelError(f"{vlm.name} has no {tower} projection layer '{name}'") from None
+    dim = (
+        vlm.model.config.projection_dim
+        if vlm.kind == "clip"
+        else vlm.model.config.vision_config.hidden_size
+    )
+    if not isinstance(layer, nn.Linear) or layer.out_features != dim:
+        raise ModelError(
+            f"{vlm.name}'s {tower} projection '{name}' is not a linear map into "
+            f"the {dim}-dimensional joint embedding space"
+        )
+    return layer
+
+
+def image_inputs(vlm, images: torch.Tensor, batch_size: int = 256) -> TowerInputs:
+    """Projection inputs (and SigLIP's residual) for images (N, C, H, W), no gradients."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            if vlm.kind == "clip":
+                parts.append(TowerInputs(vlm.image_features(chunk).double()))
+                continue
+            site = Site(_LAYERS[("siglip", "image")], pre=True)
+            with capture(vlm.model, [site, _LAYERS[("siglip", "image")]]) as acts:
+                pooled = vlm.model.vision_model(pixel_values=vlm.preprocess(chunk)).pooler_output
+            a, out = acts[site], acts[_LAYERS[("siglip", "image")]]
+            a, out = a.reshape(-1, a.shape[-1]), out.reshape(-1, out.shape[-1])
+            parts.append(TowerInputs(a.double(), (pooled - out).double()))
+    return TowerInputs.cat(parts)
+
+
+def text_inputs(vlm, texts: Sequence[str], batch_size: int = 256) -> TowerInputs:
+    """Projection inputs for texts, no gradients (no residual on either model's text side)."""
+    texts = list(texts)
+    with torch.no_grad():
+        parts = [
+            vlm.text_features(texts[i : i + batch_size]).double()
+            for i in range(0, len(texts), batch_size)
+        ]
+    return TowerInputs(torch.cat(parts))
