@@ -1,3 +1,9 @@
+import os
+
+# Tests never reach a hub: fail fast instead of waiting on network time-outs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 import pytest
 import torch
 

@@ -24,7 +24,7 @@ from lucidml.systems import SYSTEMS
 app = typer.Typer(
     name="lucid",
     help="lucidml: nine research systems for understanding, evaluating and updating models "
-         "and data.",
+    "and data.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -40,8 +40,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """lucidml command line."""
 
@@ -55,8 +59,9 @@ def info() -> None:
 
     from lucidml.core import zoo
 
-    typer.echo(f"lucidml {__version__}  python {platform.python_version()}  torch "
-               f"{torch.__version__}")
+    typer.echo(
+        f"lucidml {__version__}  python {platform.python_version()}  torch {torch.__version__}"
+    )
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     typer.echo(f"device: {dev}  cache: {zoo.lucid_home()}")
     typer.echo("embedded defaults:")
@@ -72,12 +77,16 @@ def info() -> None:
 
 @app.command()
 def tour(
-    quick: Annotated[bool, typer.Option("--quick", help="Shorter demos (fewer epochs, "
-                                                         "smaller grids).")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default "
-                                              "runs/tour/<timestamp>).")] = None,
-    only: Annotated[str | None, typer.Option("--only", help="Comma-separated systems to "
-                                              "run, e.g. distill,uncertainty.")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Shorter demos (fewer epochs, smaller grids).")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default runs/tour/<timestamp>).")
+    ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option("--only", help="Comma-separated systems to run, e.g. distill,uncertainty."),
+    ] = None,
 ) -> None:
     """Run every built system's demo on the embedded defaults; write one index.html."""
     from lucidml.tour import run_tour

@@ -44,17 +44,20 @@ class System:
 
 SYSTEMS: tuple[System, ...] = (
     System("distill", "Fair evaluation of dataset distillation (LRS, ARS)", "DD-Ranking"),
-    System("chunking", "Neural chunking of population activity (DSC, PA, UCD, grafting)",
-           "Neural chunking"),
+    System(
+        "chunking",
+        "Neural chunking of population activity (DSC, PA, UCD, grafting)",
+        "Neural chunking",
+    ),
     System("datagen", "LoRA-fused training-data generation with few-shot guidance", "LoFT"),
-    System("feasibility", "LLM feasibility scores for open-world compositional zero-shot",
-           "FLM"),
+    System("feasibility", "LLM feasibility scores for open-world compositional zero-shot", "FLM"),
     System("sae", "Sparse autoencoders for vision-language models", "SAEs for VLMs"),
     System("bias", "Perceived-gender bias audit of text-to-image models", "T2I gender audit"),
     System("editing", "Lifelong knowledge editing on real Wikidata changes", "WikiBigEdit"),
     System("merging", "Temporal model merging (init, deploy, merge technique)", "TIME"),
-    System("uncertainty", "Post-hoc Laplace uncertainty for CLIP/SigLIP, active learning",
-           "BayesVLM"),
+    System(
+        "uncertainty", "Post-hoc Laplace uncertainty for CLIP/SigLIP, active learning", "BayesVLM"
+    ),
 )
 
 

@@ -46,8 +46,12 @@ def core_demo(out_dir: Path, quick: bool = False) -> Path:
         emb = enc.encode(sents, convert_to_tensor=True, normalize_embeddings=True)
         sim = (emb @ emb.T).tolist()
         rep.heading("minilm-l6 sentence similarity")
-        rep.table([{"sentence": s, **{f"cos #{j + 1}": sim[i][j] for j in range(3)}}
-                   for i, s in enumerate(sents)])
+        rep.table(
+            [
+                {"sentence": s, **{f"cos #{j + 1}": sim[i][j] for j in range(3)}}
+                for i, s in enumerate(sents)
+            ]
+        )
         results["minilm"] = {"cos_paraphrase": sim[0][1], "cos_unrelated": sim[0][2]}
     if zoo.available()[zoo.LLM_DEFAULT]["installed"]:
         model, tok = zoo.load_llm()
@@ -55,9 +59,10 @@ def core_demo(out_dir: Path, quick: bool = False) -> Path:
         for q in ["What is the capital of France?", "How many legs does a spider have?"]:
             ids = tok(f"Q: {q}\nA:", return_tensors="pt")
             with torch.no_grad():
-                gen = model.generate(**ids, max_new_tokens=16, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-            answer = tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+                gen = model.generate(
+                    **ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id
+                )
+            answer = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
             rows.append({"question": q, "greedy answer": answer.strip().splitlines()[0]})
         rep.heading("smollm2-135m-instruct greedy answers")
         rep.table(rows)
@@ -69,7 +74,7 @@ def core_demo(out_dir: Path, quick: bool = False) -> Path:
 def run_tour(out: Path | None = None, quick: bool = False, only: str | None = None):
     """Run the demos; return (index.html path, names of demos that failed)."""
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
-    selected = [get(n) for n in names] if names else [s for s in SYSTEMS if s.built]
+    selected = [get(n) for n in names if n != "core"] if names else [s for s in SYSTEMS if s.built]
     unbuilt = [s.name for s in selected if not s.built]
     if unbuilt:
         from lucidml.errors import InputError
@@ -88,18 +93,34 @@ def run_tour(out: Path | None = None, quick: bool = False, only: str | None = No
             failed.append(name)
             status, href = f"failed: {type(exc).__name__}: {exc}", None
             atomic_write_text(root / name / "error.txt", traceback.format_exc())
-        entries.append({"name": name, "title": title, "status": status, "href": href,
-                        "seconds": round(time.time() - start, 1)})
+        entries.append(
+            {
+                "name": name,
+                "title": title,
+                "status": status,
+                "href": href,
+                "seconds": round(time.time() - start, 1),
+            }
+        )
     for s in SYSTEMS:
         if not s.built:
-            entries.append({"name": s.name, "title": s.title, "status": "not built yet",
-                            "href": None, "seconds": 0})
+            entries.append(
+                {
+                    "name": s.name,
+                    "title": s.title,
+                    "status": "not built yet",
+                    "href": None,
+                    "seconds": 0,
+                }
+            )
     write_json(root / "tour.json", {"quick": quick, "demos": entries})
     rows = "\n".join(
         f"<tr><td>{html.escape(e['name'])}</td><td>{html.escape(e['title'])}</td>"
         f"<td>{html.escape(e['status'])}</td><td>{e['seconds']}</td><td>"
-        + (f"<a href='{html.escape(e['href'])}'>report</a>" if e["href"] else "") + "</td></tr>"
-        for e in entries)
+        + (f"<a href='{html.escape(e['href'])}'>report</a>" if e["href"] else "")
+        + "</td></tr>"
+        for e in entries
+    )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>lucidml tour</title>"
         "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto}"
@@ -107,5 +128,6 @@ def run_tour(out: Path | None = None, quick: bool = False, only: str | None = No
         "</style></head><body><h1>lucidml tour</h1>"
         f"<p>{'quick' if quick else 'full'} settings, {time.strftime('%Y-%m-%d %H:%M')}</p>"
         "<table><tr><th>system</th><th>what</th><th>status</th><th>seconds</th><th></th></tr>"
-        f"{rows}</table></body></html>")
+        f"{rows}</table></body></html>"
+    )
     return atomic_write_text(root / "index.html", page), failed

@@ -24,41 +24,72 @@ TEMPLATES = (
     "a scan of a {}.",
     "{}",
 )
-EXTRA_WORDS = "a an the of photo image picture drawing scan handwritten digit number blurry " \
-              "small large dark bright rotated noisy inverted this is shows . ,"
+EXTRA_WORDS = (
+    "a an the of photo image picture drawing scan handwritten digit number blurry "
+    "small large dark bright rotated noisy inverted this is shows . ,"
+)
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MEAN, STD = (0.5,), (0.5,)
 
 
 def build_tokenizer():
-    return word_tokenizer(list(CLASS_NAMES) + EXTRA_WORDS.split() + [str(i) for i in range(10)],
-                          max_length=16, add_bos=True, add_eos=True)
+    return word_tokenizer(
+        list(CLASS_NAMES) + EXTRA_WORDS.split() + [str(i) for i in range(10)],
+        max_length=16,
+        add_bos=True,
+        add_eos=True,
+    )
 
 
 def build_config(vocab_size: int, eos_id: int) -> CLIPConfig:
-    text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
-                pad_token_id=0, bos_token_id=2, eos_token_id=eos_id)
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, image_size=8, patch_size=2, num_channels=1)
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=eos_id,
+    )
+    vision = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
 
 
 def wrap(model: CLIPModel, tokenizer) -> VisionLanguageModel:
-    return VisionLanguageModel(model, tokenizer, kind="clip", name="digits-clip", image_size=8,
-                               channels=1, mean=MEAN, std=STD, templates=TEMPLATES[:1])
+    return VisionLanguageModel(
+        model,
+        tokenizer,
+        kind="clip",
+        name="digits-clip",
+        image_size=8,
+        channels=1,
+        mean=MEAN,
+        std=STD,
+        templates=TEMPLATES[:1],
+        resize=False,
+    )
 
 
-def train_digits_clip(data, seed: int = 0, epochs: int = 60, batch_size: int = 64,
-                      lr: float = 1e-3, progress=None) -> VisionLanguageModel:
+def train_digits_clip(
+    data, seed: int = 0, epochs: int = 60, batch_size: int = 64, lr: float = 1e-3, progress=None
+) -> VisionLanguageModel:
     """Train digits-clip from scratch on ``data.train_x/train_y``; deterministic per seed."""
     torch.manual_seed(seed)
     tok = build_tokenizer()
     model = CLIPModel(build_config(len(tok), tok.eos_token_id))
     vlm = wrap(model, tok)
     captions = [[t.format(c) for t in TEMPLATES] for c in CLASS_NAMES]
-    enc = tok([c for per_class in captions for c in per_class], padding=True,
-              return_tensors="pt")
+    enc = tok([c for per_class in captions for c in per_class], padding=True, return_tensors="pt")
     n_t = len(TEMPLATES)
     ids = enc["input_ids"].view(len(CLASS_NAMES), n_t, -1)
     mask = enc["attention_mask"].view(len(CLASS_NAMES), n_t, -1)
@@ -77,8 +108,9 @@ def train_digits_clip(data, seed: int = 0, epochs: int = 60, batch_size: int = 6
             xb = torch.roll(xb, shifts=(sx, sy), dims=(2, 3))
             pick = torch.randint(0, n_t, (len(CLASS_NAMES),), generator=gen)
             rows = torch.arange(len(CLASS_NAMES))
-            txt = model.get_text_features(input_ids=ids[rows, pick],
-                                          attention_mask=mask[rows, pick])
+            txt = model.get_text_features(
+                input_ids=ids[rows, pick], attention_mask=mask[rows, pick]
+            )
             img = model.get_image_features(pixel_values=vlm.preprocess(xb))
             txt, img = _pooled(txt), _pooled(img)
             logits = model.logit_scale.exp() * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T

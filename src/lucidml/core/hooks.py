@@ -16,9 +16,20 @@ from torch import nn
 
 from lucidml.errors import ModelError
 
-_BLOCK_LISTS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers")
-_FINAL_NORMS = ("model.norm", "model.decoder.final_layer_norm", "transformer.ln_f",
-                "gpt_neox.final_layer_norm", "norm")
+_BLOCK_LISTS = (
+    "model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "layers",
+)
+_FINAL_NORMS = (
+    "model.norm",
+    "model.decoder.final_layer_norm",
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+    "norm",
+)
 
 
 class Site(NamedTuple):
@@ -123,11 +134,13 @@ def capture(
             site = _as_site(key)
             mod = get_module(model, site.module)
             if site.pre:
+
                 def hook(_m, args, kwargs, key=key):
                     store(key, _first_tensor(args, kwargs))
 
                 handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
             else:
+
                 def hook(_m, _args, output, key=key):
                     store(key, _output_tensor(output))
 
@@ -153,6 +166,7 @@ def patch(
     site = _as_site(module_name, pre)
     mod = get_module(model, site.module)
     if site.pre:
+
         def hook(_m, args, kwargs):
             if args:
                 return (fn(args[0]), *args[1:]), kwargs
@@ -162,6 +176,7 @@ def patch(
 
         handle = mod.register_forward_pre_hook(hook, with_kwargs=True)
     else:
+
         def hook(_m, _args, output):
             if isinstance(output, tuple):
                 return (fn(output[0]), *output[1:])

@@ -26,9 +26,18 @@ def _to_jsonable(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
-        return None
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities become null: strict JSON readers reject them."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _atomic_write(path: str | Path, write) -> Path:
@@ -53,8 +62,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    plain = json.loads(json.dumps(obj, default=_to_jsonable))
+    return json.dumps(_finite(plain), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_to_jsonable) + "\n")
+    return atomic_write_text(path, to_json(obj) + "\n")
 
 
 def write_yaml(path: str | Path, obj: Any) -> Path:
@@ -84,7 +98,9 @@ def default_root() -> Path:
 
 def make_run_dir(system: str, out: str | Path | None = None) -> Path:
     """Create (or reuse) the run folder: ``out`` if given, else ``runs/<system>/<timestamp>``."""
-    path = Path(out) if out is not None else default_root() / system / time.strftime("%Y%m%d-%H%M%S")
+    path = (
+        Path(out) if out is not None else default_root() / system / time.strftime("%Y%m%d-%H%M%S")
+    )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".lucid-write-test"
@@ -112,7 +128,7 @@ class Run:
 
     def log_metrics(self, record: dict) -> None:
         """Append one JSON line to ``metrics.jsonl`` (a line is written whole, then flushed)."""
-        line = json.dumps(record, default=_to_jsonable) + "\n"
+        line = to_json(record, indent=None) + "\n"
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(line)
             f.flush()

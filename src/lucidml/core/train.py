@@ -44,6 +44,7 @@ class TrainConfig(Config):
 # --- losses -----------------------------------------------------------------------------
 # Every loss takes (student_logits, targets, cfg); soft targets are teacher *logits*.
 
+
 def _hard_or_soft(t: torch.Tensor, n_classes: int) -> torch.Tensor:
     return F.one_hot(t, n_classes).float() if t.ndim == 1 else t
 
@@ -68,8 +69,9 @@ def kl_loss(s: torch.Tensor, t: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     if t.ndim == 1:
         return F.cross_entropy(s, t)
     T = cfg.temperature
-    kl = F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="batchmean",
-                  log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="batchmean", log_target=True
+    )
     return kl * T * T if cfg.kl_scale_t2 else kl
 
 
@@ -80,8 +82,12 @@ def mse_ce_loss(s: torch.Tensor, t: torch.Tensor, cfg: TrainConfig) -> torch.Ten
     return F.mse_loss(s, t) + F.cross_entropy(s, t.argmax(1))
 
 
-LOSSES: dict[str, Callable] = {"ce": ce_loss, "soft_ce": soft_ce_loss, "kl": kl_loss,
-                               "mse_ce": mse_ce_loss}
+LOSSES: dict[str, Callable] = {
+    "ce": ce_loss,
+    "soft_ce": soft_ce_loss,
+    "kl": kl_loss,
+    "mse_ce": mse_ce_loss,
+}
 
 
 @dataclass
@@ -95,20 +101,22 @@ class TrainResult:
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
-                      device: str = "cpu") -> float:
+def evaluate_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, device: str = "cpu"
+) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size].to(device))
-        correct += (logits.argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+        logits = model(x[i : i + batch_size].to(device))
+        correct += (logits.argmax(1).cpu() == y[i : i + batch_size]).sum().item()
     return correct / max(len(x), 1)
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -118,7 +126,8 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch:
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        )
     if cfg.schedule == "step":
         every = (cfg.step_every or max(cfg.epochs // 2, 1)) * steps_per_epoch
         return torch.optim.lr_scheduler.StepLR(opt, step_size=every, gamma=cfg.step_gamma)

@@ -20,10 +20,22 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 class VisionLanguageModel(nn.Module):
-    def __init__(self, model: nn.Module, tokenizer, *, kind: str, name: str,
-                 image_size: int, channels: int, mean: Sequence[float], std: Sequence[float],
-                 templates: Sequence[str] = DEFAULT_TEMPLATES, text_padding: str | bool = True,
-                 max_text_length: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        kind: str,
+        name: str,
+        image_size: int,
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        text_padding: str | bool = True,
+        max_text_length: int | None = None,
+        resize: bool = True,
+    ):
         super().__init__()
         if kind not in ("clip", "siglip"):
             raise ModelError(f"unsupported vision-language model kind '{kind}'")
@@ -33,6 +45,8 @@ class VisionLanguageModel(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.templates = tuple(templates)
         self.text_padding, self.max_text_length = text_padding, max_text_length
+        # Real CLIP/SigLIP accept any image size (resized here); tiny embedded models don't.
+        self.resize = resize
         self.eval()
 
     # --- parts --------------------------------------------------------------------------
@@ -87,13 +101,22 @@ class VisionLanguageModel(nn.Module):
             elif x.shape[1] == 3 and self.channels == 1:
                 x = x.mean(1, keepdim=True)
             else:
-                raise ShapeError(f"{self.name} expects {self.channels}-channel images, got "
-                                 f"{x.shape[1]} channels")
+                raise ShapeError(
+                    f"{self.name} expects {self.channels}-channel images, got {x.shape[1]} channels"
+                )
         if x.shape[-2:] != (self.image_size, self.image_size):
-            if self.name == "digits-clip":
-                raise ShapeError(f"digits-clip expects 8x8 images, got {x.shape[-2]}x{x.shape[-1]}")
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              antialias=True, align_corners=False)
+            if not self.resize:
+                raise ShapeError(
+                    f"{self.name} expects {self.image_size}x{self.image_size} "
+                    f"images, got {x.shape[-2]}x{x.shape[-1]}"
+                )
+            x = F.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         return (x - self.pixel_mean) / self.pixel_std
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -105,7 +128,9 @@ class VisionLanguageModel(nn.Module):
         if self.max_text_length:
             kw["max_length"] = self.max_text_length
         enc = self.tokenizer(list(texts), **kw)
-        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        return {
+            k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")
+        }
 
     # --- features and embeddings --------------------------------------------------------
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -140,8 +165,10 @@ class VisionLanguageModel(nn.Module):
     def encode_images(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """L2-normalised image embeddings, (N, D); batched, no gradients."""
         with torch.no_grad():
-            parts = [self.image_embeddings(images[i:i + batch_size])
-                     for i in range(0, len(images), batch_size)]
+            parts = [
+                self.image_embeddings(images[i : i + batch_size])
+                for i in range(0, len(images), batch_size)
+            ]
         return F.normalize(torch.cat(parts), dim=-1)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -150,12 +177,15 @@ class VisionLanguageModel(nn.Module):
         if not texts:
             raise InputError("the list of texts is empty")
         with torch.no_grad():
-            parts = [self.text_embeddings(texts[i:i + batch_size])
-                     for i in range(0, len(texts), batch_size)]
+            parts = [
+                self.text_embeddings(texts[i : i + batch_size])
+                for i in range(0, len(texts), batch_size)
+            ]
         return F.normalize(torch.cat(parts), dim=-1)
 
-    def class_embeddings(self, class_names: Sequence[str],
-                         templates: Sequence[str] | None = None) -> torch.Tensor:
+    def class_embeddings(
+        self, class_names: Sequence[str], templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """One normalised text embedding per class: the mean over templates, renormalised."""
         if len(class_names) == 0:
             raise InputError("the list of class names is empty")
@@ -164,8 +194,12 @@ class VisionLanguageModel(nn.Module):
         emb = self.encode_texts(texts).view(len(class_names), len(templates), -1).mean(1)
         return F.normalize(emb, dim=-1)
 
-    def zero_shot(self, images: torch.Tensor, class_names: Sequence[str],
-                  templates: Sequence[str] | None = None) -> torch.Tensor:
+    def zero_shot(
+        self,
+        images: torch.Tensor,
+        class_names: Sequence[str],
+        templates: Sequence[str] | None = None,
+    ) -> torch.Tensor:
         """Zero-shot logits (N, C): logit_scale * cos(image, class) + logit_bias."""
         txt = self.class_embeddings(class_names, templates)
         img = self.encode_images(images)

@@ -84,17 +84,20 @@ def _publish(tmp: Path, final: Path) -> None:
 
 # --- LLMs ---------------------------------------------------------------------------------
 
+
 def _convert_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
     if gguf is None:
         raise NotInstalledError(
-            f"{LLM_DEFAULT} is not installed: run `{INSTALL_HINTS[LLM_DEFAULT]}`")
+            f"{LLM_DEFAULT} is not installed: run `{INSTALL_HINTS[LLM_DEFAULT]}`"
+        )
     log.info("converting %s to safetensors (once)", gguf.name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     # The weights are dequantised to float32 on load; drop the GGUF marker so the
     # plain model can be saved and reloaded without the gguf package.
     if hasattr(model.config, "quantization_config"):
@@ -133,11 +136,14 @@ def load_llm(name: str = LLM_DEFAULT, device: str = "cpu", dtype: torch.dtype | 
 def _unknown_model(name: str, what: str, exc: Exception) -> str:
     if Path(name).exists():
         return f"cannot load {what} from {name}: {str(exc).splitlines()[0]}"
-    return (f"unknown model '{name}': it is not an embedded default, a local folder, or a "
-            f"{what} that can be loaded from the Hugging Face hub")
+    return (
+        f"unknown model '{name}': it is not an embedded default, a local folder, or a "
+        f"{what} that can be loaded from the Hugging Face hub"
+    )
 
 
 # --- sentence encoders --------------------------------------------------------------------
+
 
 def load_sentence_encoder(name: str = ENCODER_DEFAULT, device: str = "cpu"):
     """A sentence-transformers model: ``minilm-l6`` offline, or any id / folder."""
@@ -148,7 +154,8 @@ def load_sentence_encoder(name: str = ENCODER_DEFAULT, device: str = "cpu"):
         folder = minilm_dir()
         if folder is None:
             raise NotInstalledError(
-                f"{ENCODER_DEFAULT} is not installed: run `{INSTALL_HINTS[ENCODER_DEFAULT]}`")
+                f"{ENCODER_DEFAULT} is not installed: run `{INSTALL_HINTS[ENCODER_DEFAULT]}`"
+            )
         name = str(folder)
     try:
         return SentenceTransformer(name, device=device)
@@ -157,6 +164,7 @@ def load_sentence_encoder(name: str = ENCODER_DEFAULT, device: str = "cpu"):
 
 
 # --- digits -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ImageDataset:
@@ -188,11 +196,13 @@ def load_digits(seed: int = 0) -> ImageDataset:
     idx = list(range(len(x)))
     tr, te = train_test_split(idx, test_size=450, stratify=d.target, random_state=seed)
     t = torch.from_numpy
-    return ImageDataset(t(x[tr]), t(d.target[tr]).long(), t(x[te]), t(d.target[te]).long(),
-                        CLASS_NAMES)
+    return ImageDataset(
+        t(x[tr]), t(d.target[tr]).long(), t(x[te]), t(d.target[te]).long(), CLASS_NAMES
+    )
 
 
 # --- vision-language models ---------------------------------------------------------------
+
 
 def _digits_clip_dir() -> Path:
     return lucid_home() / "models" / f"digits-clip-v{DIGITS_CLIP_VERSION}"
@@ -234,8 +244,14 @@ def load_vlm(name: str = VLM_DEFAULT, device: str = "cpu"):
     ip = processor.image_processor
     size = model.config.vision_config.image_size
     return VisionLanguageModel(
-        model, processor.tokenizer, kind=kind, name=name, image_size=size, channels=3,
-        mean=ip.image_mean, std=ip.image_std,
+        model,
+        processor.tokenizer,
+        kind=kind,
+        name=name,
+        image_size=size,
+        channels=3,
+        mean=ip.image_mean,
+        std=ip.image_std,
         text_padding="max_length" if kind == "siglip" else True,
         max_text_length=64 if kind == "siglip" else None,
     ).to(device)
@@ -243,19 +259,31 @@ def load_vlm(name: str = VLM_DEFAULT, device: str = "cpu"):
 
 # --- what is installed --------------------------------------------------------------------
 
+
 def available() -> dict[str, dict]:
     """Each embedded default with whether it is installed, where, and how to install it."""
     gguf, minilm = smollm2_gguf(), minilm_dir()
     sk = importlib.util.find_spec("sklearn") is not None
     clip_cached = (_digits_clip_dir() / "config.json").is_file()
     return {
-        LLM_DEFAULT: {"installed": gguf is not None, "where": str(gguf or ""),
-                      "how": INSTALL_HINTS[LLM_DEFAULT]},
-        ENCODER_DEFAULT: {"installed": minilm is not None, "where": str(minilm or ""),
-                          "how": INSTALL_HINTS[ENCODER_DEFAULT]},
-        "digits": {"installed": sk, "where": "sklearn.datasets.load_digits",
-                   "how": INSTALL_HINTS["digits"]},
-        VLM_DEFAULT: {"installed": sk,
-                      "where": str(_digits_clip_dir()) if clip_cached else "trained on first use",
-                      "how": INSTALL_HINTS[VLM_DEFAULT]},
+        LLM_DEFAULT: {
+            "installed": gguf is not None,
+            "where": str(gguf or ""),
+            "how": INSTALL_HINTS[LLM_DEFAULT],
+        },
+        ENCODER_DEFAULT: {
+            "installed": minilm is not None,
+            "where": str(minilm or ""),
+            "how": INSTALL_HINTS[ENCODER_DEFAULT],
+        },
+        "digits": {
+            "installed": sk,
+            "where": "sklearn.datasets.load_digits",
+            "how": INSTALL_HINTS["digits"],
+        },
+        VLM_DEFAULT: {
+            "installed": sk,
+            "where": str(_digits_clip_dir()) if clip_cached else "trained on first use",
+            "how": INSTALL_HINTS[VLM_DEFAULT],
+        },
     }

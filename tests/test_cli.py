@@ -1,0 +1,59 @@
+import subprocess
+import sys
+
+import pytest
+
+from lucidml.cli import main
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_version_and_help(capsys):
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.startswith("lucidml ")
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0 and "tour" in out and "info" in out
+
+
+def test_info_lists_embedded_defaults_and_systems(capsys):
+    code, out, _ = run(["info"], capsys)
+    assert code == 0
+    for name in ("smollm2-135m-instruct", "minilm-l6", "digits-clip", "uncertainty"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["info", "--bogus"], "No such option: --bogus"),
+        (["tour", "--out", "/proc/nope"], "cannot write the output folder /proc/nope"),
+        (["tour", "--only", "nosuch"], "unknown system 'nosuch'"),
+        (["nosuch"], "No such command"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(capsys, args, message):
+    code, _, err = run(args, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_console_entry_point_runs_as_a_module():
+    proc = subprocess.run(
+        [sys.executable, "-m", "lucidml", "info", "--bogus"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_tour_core_writes_index(tmp_path, capsys):
+    code, out, _ = run(["tour", "--quick", "--only", "core", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    assert (tmp_path / "index.html").is_file()
+    assert (tmp_path / "core" / "report.html").is_file()
+    assert str(tmp_path / "index.html") in out
