@@ -141,7 +141,7 @@ def optimize_prior_precision(
             opt.zero_grad()
             loss.backward()
             opt.step()
-        return float(log_lam.exp())
+        return float(log_lam.detach().exp())
     raise ConfigError(f"unknown solver '{solver}', expected brent or adam")
 
 

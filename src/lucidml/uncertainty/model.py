@@ -60,13 +60,19 @@ class BayesVLM:
         self.vlm, self.config = vlm, config or PosteriorConfig()
         self.layers = {t: projection_layer(vlm, t) for t in TOWERS}
         self.posteriors: dict[str, TowerPosterior] = {}
+        self.weight_overrides: dict[str, torch.Tensor] = {}  # e.g. a few-shot tuned projection
         self.lambda_fitted = False
 
     # --- the layer ------------------------------------------------------------------------
     def _weight(self, tower: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         layer = self.layers[tower]
         bias = None if layer.bias is None else layer.bias.detach().double().cpu()
-        return layer.weight.detach().double().cpu(), bias
+        weight = self.weight_overrides.get(tower, layer.weight.detach().double().cpu())
+        return weight, bias
+
+    @property
+    def image_weight(self) -> torch.Tensor:
+        return self._weight("image")[0]
 
     def _design(self, tower: str, a: torch.Tensor) -> torch.Tensor:
         """The layer's input with the bias column appended where it has a bias."""
@@ -75,9 +81,9 @@ class BayesVLM:
     def embed(self, tower: str, x: TowerInputs, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised embeddings W a + b + r, optionally with another weight (q, p)."""
         w, b = self._weight(tower)
-        e = x.a @ (w if weight is None else weight).T
+        e = x.a @ (w if weight is None else weight).to(x.a.dtype).T
         if b is not None:
-            e = e + b
+            e = e + b.to(x.a.dtype)
         return e if x.r is None else e + x.r
 
     @property
