@@ -1,0 +1,99 @@
+"""Job configs; defaults are the paper's (see docs/chunking.md for where ours differ)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from lucidml.core.config import Config
+from lucidml.core.zoo import LLM_DEFAULT
+
+Regime = Literal["one_chunk", "several_chunks", "probabilistic_chunks", "hierarchy"]
+
+# per regime: (window, n_iters, bins, decoder_train_steps), from the paper's table
+REGIME_DEFAULTS: dict[str, tuple[int, int, int, int]] = {
+    "one_chunk": (200, 400, 5, 100),
+    "several_chunks": (400, 160, 5, 300),
+    "probabilistic_chunks": (200, 500, 5, 100),
+    "hierarchy": (5000, 300, 3, 100),
+}
+
+
+class RNNConfig(Config):
+    """Train the Elman RNN on one regime, chunk its states (DSC), probe them causally."""
+
+    regime: Regime = "one_chunk"
+    seed: int = 0
+    hidden_size: int = 12
+    lr: float = 0.005
+    nonlinearity: Literal["linear", "tanh"] = "linear"
+    window: int | None = Field(None, gt=1, description="None: the regime's default")
+    n_iters: int | None = Field(None, ge=0, description="None: the regime's default")
+    bins: int | None = Field(None, ge=1, description="None: the regime's default")
+    decoder_train_steps: int | None = Field(None, ge=1, description="None: the regime's default")
+    record_length: int | None = Field(None, gt=1, description="recorded steps; None: the window")
+    merge_rounds: int = Field(6, ge=1)
+    merges_per_round: int = Field(5, ge=1)
+    min_pair_count: int = Field(10, ge=1)
+    n_hierarchy: int = Field(10, ge=0, description="hierarchy regime: words built by concatenation")
+    graft_repeats: int = Field(30, ge=0, description="several_chunks: repeats of the graft test")
+    transfer_window: int = 100
+    transfer_iters: int = 100
+
+    def resolved(self) -> RNNConfig:
+        """A copy with every regime-dependent field filled in."""
+        window, iters, bins, dec = REGIME_DEFAULTS[self.regime]
+        return self.updated(
+            window=self.window or window,
+            n_iters=iters if self.n_iters is None else self.n_iters,
+            bins=self.bins or bins,
+            decoder_train_steps=self.decoder_train_steps or dec,
+        )
+
+
+class PAConfig(Config):
+    """Fit PA templates for one word on a text and score them on held-out sentences."""
+
+    model: str = LLM_DEFAULT
+    word: str
+    steps: list[int] = [-2, -1, 0, 1, 2]
+    layers: list[int] | None = None  # None: every index 0..n_layers
+    n_train: int = Field(5, ge=1)  # the paper uses 10 for punctuation
+    min_occurrences: int = Field(10, ge=2)
+    select: Literal["accuracy", "balanced"] = "accuracy"
+    heldout_fraction: float = Field(0.3, gt=0, lt=1)
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+
+
+class GraftConfig(Config):
+    """Graft a word's templates into the prompt pass and count the word in generations."""
+
+    model: str = LLM_DEFAULT
+    word: str
+    layers: list[int] = list(range(2, 10))
+    positions: list[int] = [-1]  # the last prompt token
+    n_train: int = Field(5, ge=1)
+    min_occurrences: int = Field(10, ge=2)
+    select: Literal["accuracy", "balanced"] = "accuracy"
+    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(180, ge=1)  # the reference: 200 tokens with the prompt
+    chat: bool = True
+    seed: int = 0
+    batch_size: int = Field(16, ge=1)
+
+
+class UCDConfig(Config):
+    """Learn unsupervised chunk embeddings per layer; test loss on held-out sentences."""
+
+    model: str = LLM_DEFAULT
+    layers: list[int] | None = None  # None: the middle index
+    n_chunks: int = Field(2000, ge=1)
+    lr: float = 1e-2
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(100, ge=1)
+    reseed_dead: bool = True  # the reference has no re-seeding
+    heldout_fraction: float = Field(0.3, gt=0, lt=1)
+    seed: int = 0

@@ -1,0 +1,349 @@
+"""Population averaging (PA): a per-word template of the residual stream, used as a detector.
+
+From n training occurrences S of a word at one layer: the mean mu, a mask of the neurons
+that stay within tolerance tau of it on every training occurrence, the masked mean squared
+deviation D(h), and the threshold theta = max over S of D. A position is detected when
+D(h) <= theta. tau is chosen per layer on the training text, excluding S.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from lucidml.errors import InputError, ShapeError
+
+# {100, 30, 20, 10, 3} and 0.8^k for k = 0..34, largest first
+TOLERANCES: tuple[float, ...] = tuple(
+    sorted({100.0, 30.0, 20.0, 10.0, 3.0} | {0.8**k for k in range(35)}, reverse=True)
+)
+STEPS: tuple[int, ...] = (-2, -1, 0, 1, 2)
+SELECTIONS = ("accuracy", "balanced")
+_ROW_BLOCK = 8192  # rows per block when scoring, to bound memory on long texts
+
+
+def _as_tensor(H) -> torch.Tensor:
+    H = torch.as_tensor(H)
+    if H.ndim != 2:
+        raise ShapeError(f"activations must be a (T, d) matrix, got shape {tuple(H.shape)}")
+    return H.float()
+
+
+# --- labels -------------------------------------------------------------------------------
+
+
+def word_variants(word: str) -> list[str]:
+    """{w, Capitalised, lower, UPPER} x {with or without a leading space}, without repeats."""
+    forms = dict.fromkeys([word, word[:1].upper() + word[1:], word.lower(), word.upper()])
+    return [p + f for f in forms for p in ("", " ")]
+
+
+def variant_ids(tokenizer, word: str) -> list[tuple[int, ...]]:
+    """The distinct token-id sequences of the word's variants (unknown-token encodings dropped)."""
+    unk = tokenizer.unk_token_id
+    seqs = [tuple(tokenizer(v, add_special_tokens=False)["input_ids"]) for v in word_variants(word)]
+    return list(dict.fromkeys(s for s in seqs if s and unk not in s))
+
+
+def match_positions(
+    token_ids: np.ndarray,
+    sentence_ids: np.ndarray,
+    variants: Sequence[Sequence[int]],
+    step: int = 0,
+) -> np.ndarray:
+    """Indices labelled for a word: the last sub-token of each exact id-sequence match,
+    shifted to i - step, kept only when match and label lie inside one sentence."""
+    token_ids, sentence_ids = np.asarray(token_ids), np.asarray(sentence_ids)
+    T = len(token_ids)
+    labels = set()
+    for var in variants:
+        k = len(var)
+        if k == 0 or k > T:
+            continue
+        hit = np.ones(T - k + 1, dtype=bool)
+        for j, tok in enumerate(var):  # vectorised over positions, loop over the few sub-tokens
+            hit &= token_ids[j : T - k + 1 + j] == tok
+        starts = np.flatnonzero(hit)
+        ends = starts + k - 1
+        same = sentence_ids[starts] == sentence_ids[ends]
+        labels.update(int(e) for e in ends[same])
+    ends = np.array(sorted(labels), dtype=np.int64)
+    shifted = ends - step
+    ok = (shifted >= 0) & (shifted < T)
+    ok[ok] &= sentence_ids[shifted[ok]] == sentence_ids[ends[ok]]
+    return np.unique(shifted[ok])
+
+
+def word_positions(tokenizer, token_ids, sentence_ids, word: str, step: int = 0) -> np.ndarray:
+    return match_positions(token_ids, sentence_ids, variant_ids(tokenizer, word), step)
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def _label_vector(T: int, positions) -> np.ndarray:
+    y = np.zeros(T, dtype=bool)
+    y[np.asarray(positions, dtype=np.int64)] = True
+    return y
+
+
+def detection_metrics(detected: np.ndarray, positions, exclude=()) -> dict:
+    """TPR = TP/|I|, FPR = FP/(T - |I|) and accuracy, leaving out the ``exclude`` rows."""
+    detected = np.asarray(detected, dtype=bool)
+    y = _label_vector(len(detected), positions)
+    keep = np.ones(len(detected), dtype=bool)
+    keep[np.asarray(exclude, dtype=np.int64)] = False
+    d, y = detected[keep], y[keep]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    tp, fp = int((d & y).sum()), int((d & ~y).sum())
+    return {
+        "tpr": tp / n_pos if n_pos else 0.0,
+        "fpr": fp / n_neg if n_neg else 0.0,
+        "accuracy": float((d == y).mean()) if len(y) else 0.0,
+        "tp": tp,
+        "fp": fp,
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+    }
+
+
+def sweep_auc(fpr: Sequence[float], tpr: Sequence[float]) -> float:
+    """Trapezoid area under the FPR-sorted sweep points, with (0,0) and (1,1) added."""
+    pts = sorted(zip([0.0, *fpr, 1.0], [0.0, *tpr, 1.0], strict=True))
+    x, y = np.array(pts).T
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+
+def auroc(scores: np.ndarray, positions, exclude=()) -> float:
+    """AUROC of -D as a detector score (lower deviation = more word-like)."""
+    y = _label_vector(len(scores), positions)
+    keep = np.ones(len(scores), dtype=bool)
+    keep[np.asarray(exclude, dtype=np.int64)] = False
+    if y[keep].all() or not y[keep].any():
+        return float("nan")
+    return float(roc_auc_score(y[keep], -np.asarray(scores)[keep]))
+
+
+def _select_score(m: dict, select: str) -> float:
+    return m["accuracy"] if select == "accuracy" else (m["tpr"] + 1.0 - m["fpr"]) / 2
+
+
+# --- templates ----------------------------------------------------------------------------
+
+
+@dataclass
+class Template:
+    """The stored detector of one (word, step, layer)."""
+
+    mask: torch.Tensor  # (d,) bool: neurons within tolerance on every training occurrence
+    mean: torch.Tensor  # (|m|,) mu restricted to the mask
+    theta: float  # max training deviation
+    tau: float  # tolerance that built the mask
+    train_positions: np.ndarray
+    n_occurrences: int
+    meta: dict = field(default_factory=dict)  # word, step, layer, sweep records ...
+
+    @property
+    def n_dims(self) -> int:
+        return int(self.mask.sum())
+
+    def score(self, H) -> np.ndarray:
+        """D(h) = mean over masked neurons of (h_j - mu_j)^2, for every row: (T,)."""
+        H = _as_tensor(H)
+        if H.shape[1] != self.mask.numel():
+            raise ShapeError(
+                f"activations have {H.shape[1]} features; the template was fit on "
+                f"{self.mask.numel()}"
+            )
+        mu = self.mean.float()
+        return torch.cat(
+            [((blk[:, self.mask] - mu) ** 2).mean(1) for blk in H.split(_ROW_BLOCK)]
+        ).numpy()
+
+    def detect(self, H) -> np.ndarray:
+        """Boolean (T,): rows whose deviation is at most theta."""
+        return self.score(H) <= self.theta
+
+    def full_vector(self, fill: torch.Tensor | None = None) -> torch.Tensor:
+        """A d-vector holding mu on the mask and ``fill`` (default 0) elsewhere."""
+        out = torch.zeros(self.mask.numel()) if fill is None else fill.clone().float()
+        out[self.mask] = self.mean.float()
+        return out
+
+
+def _draw_train(positions: np.ndarray, n_train: int, seed: int) -> np.ndarray:
+    if len(positions) < n_train + 1:
+        raise InputError(
+            f"PA needs at least {n_train + 1} labelled positions ({n_train} to fit, "
+            f"the rest to score), got {len(positions)}"
+        )
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(positions, size=n_train, replace=False))
+
+
+def sweep(H, positions, train: np.ndarray, tolerances: Sequence[float] = TOLERANCES) -> list[dict]:
+    """Every tolerance's mask size, theta and training-text metrics (S excluded), in one pass.
+
+    Masks are nested in tau, so neurons are sorted by their worst training deviation and
+    a running sum over that order gives D for every tau at once.
+    """
+    H = _as_tensor(H)
+    positions = np.asarray(positions, dtype=np.int64)
+    train_t = torch.as_tensor(train, dtype=torch.long)
+    mu = H[train_t].mean(0)
+    dev = (H[train_t] - mu).abs().max(0).values  # neuron j is in mask(tau) iff dev_j < tau
+    order = torch.argsort(dev)
+    sorted_dev = dev[order]
+    ks = [
+        int(torch.searchsorted(sorted_dev, torch.tensor(float(t)), side="left")) for t in tolerances
+    ]
+    live = [(t, k) for t, k in zip(tolerances, ks, strict=True) if k > 0]  # empty masks: skipped
+    if not live:
+        return []
+    cols = torch.tensor([k - 1 for _, k in live])
+    counts = torch.tensor([k for _, k in live], dtype=torch.float32)
+    D = torch.cat(
+        [
+            ((blk[:, order] - mu[order]) ** 2).cumsum(1)[:, cols] / counts
+            for blk in H.split(_ROW_BLOCK)
+        ]
+    )  # (T, n_live)
+    theta = D[train_t].max(0).values
+    records = []
+    for j, (tau, k) in enumerate(live):
+        detected = (D[:, j] <= theta[j]).numpy()
+        m = detection_metrics(detected, positions, exclude=train)
+        records.append({"tau": float(tau), "n_dims": k, "theta": float(theta[j]), **m})
+    return records
+
+
+def fit(
+    H,
+    positions,
+    n_train: int = 5,
+    tolerances: Sequence[float] = TOLERANCES,
+    seed: int = 0,
+    select: str = "accuracy",
+    tau: float | None = None,
+) -> Template:
+    """Fit a template on ``n_train`` seeded occurrences; pick tau on the rest of this text.
+
+    ``tau`` fixes the tolerance instead of sweeping. ``select`` is ``accuracy`` (the
+    paper) or ``balanced`` ((TPR + TNR) / 2).
+    """
+    if select not in SELECTIONS:
+        raise InputError(f"unknown selection '{select}': choose from {', '.join(SELECTIONS)}")
+    H = _as_tensor(H)
+    positions = np.unique(np.asarray(positions, dtype=np.int64))
+    if len(positions) and (positions[0] < 0 or positions[-1] >= len(H)):
+        raise InputError(f"positions must lie in 0..{len(H) - 1}")
+    train = _draw_train(positions, n_train, seed)
+    records = sweep(H, positions, train, [tau] if tau is not None else tolerances)
+    if not records:
+        raise InputError("every tolerance gives an empty mask; try larger tolerances")
+    best = max(records, key=lambda r: (_select_score(r, select), r["tpr"]))
+    train_t = torch.as_tensor(train)
+    mu = H[train_t].mean(0)
+    mask = (H[train_t] - mu).abs().max(0).values < best["tau"]
+    return Template(
+        mask=mask,
+        mean=mu[mask].clone(),
+        theta=best["theta"],
+        tau=best["tau"],
+        train_positions=train,
+        n_occurrences=len(positions),
+        meta={
+            "sweep": records,
+            "select": select,
+            "sweep_auc": sweep_auc([r["fpr"] for r in records], [r["tpr"] for r in records]),
+        },
+    )
+
+
+# --- a dictionary of templates ------------------------------------------------------------
+
+Key = tuple[str, int, int]  # (word, step, layer)
+
+
+@dataclass
+class TemplateBank:
+    """Templates per word x step x layer, saved as safetensors (tensors) + JSON (the rest)."""
+
+    templates: dict[Key, Template] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # model, index convention, ...
+
+    def __getitem__(self, key: Key) -> Template:
+        if key not in self.templates:
+            raise InputError(f"no template for word {key[0]!r}, step {key[1]}, layer {key[2]}")
+        return self.templates[key]
+
+    def __setitem__(self, key: Key, t: Template) -> None:
+        self.templates[key] = t
+
+    def words(self) -> list[str]:
+        return sorted({k[0] for k in self.templates})
+
+    def for_word(self, word: str, step: int = 0) -> dict[int, Template]:
+        return {k[2]: t for k, t in self.templates.items() if k[0] == word and k[1] == step}
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save
+
+        from lucidml.core.runs import atomic_write_bytes, write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors, entries = {}, []
+        for i, ((word, step, layer), t) in enumerate(sorted(self.templates.items())):
+            tensors[f"{i}.mask"] = t.mask.to(torch.uint8).contiguous()
+            tensors[f"{i}.mean"] = t.mean.float().contiguous()
+            entries.append(
+                {
+                    "id": i,
+                    "word": word,
+                    "step": step,
+                    "layer": layer,
+                    "theta": t.theta,
+                    "tau": t.tau,
+                    "n_occurrences": t.n_occurrences,
+                    "train_positions": t.train_positions.tolist(),
+                    "meta": {k: v for k, v in t.meta.items() if k != "sweep"},
+                }
+            )
+        atomic_write_bytes(folder / "templates.safetensors", save(tensors))
+        write_json(folder / "templates.json", {"info": self.info, "templates": entries})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TemplateBank:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta_path, data_path = folder / "templates.json", folder / "templates.safetensors"
+        if not meta_path.is_file() or not data_path.is_file():
+            raise InputError(
+                f"{folder} holds no template bank (templates.json and templates.safetensors)"
+            )
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{meta_path} is not valid JSON (line {exc.lineno})") from None
+        tensors = load_file(str(data_path))
+        bank = cls(info=meta.get("info", {}))
+        for e in meta["templates"]:
+            bank[(e["word"], e["step"], e["layer"])] = Template(
+                mask=tensors[f"{e['id']}.mask"].bool(),
+                mean=tensors[f"{e['id']}.mean"],
+                theta=e["theta"],
+                tau=e["tau"],
+                train_positions=np.array(e["train_positions"]),
+                n_occurrences=e["n_occurrences"],
+                meta=e.get("meta", {}),
+            )
+        return bank

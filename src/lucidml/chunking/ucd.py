@@ -1,0 +1,94 @@
+"""Unsupervised chunk discovery (UCD): chunk embeddings that best explain every state.
+
+Loss L = -(1/B) sum_n max_k cos(c_k, x_n): spherical k-means with hard assignment, so
+only the winning chunk of a state gets gradient. Chunks that win no state during an
+epoch are dead; with ``reseed_dead`` they restart at the worst-served states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from lucidml.errors import InputError, ShapeError
+
+
+def _unit_rows(H) -> torch.Tensor:
+    H = torch.as_tensor(H).float()
+    if H.ndim != 2:
+        raise ShapeError(f"activations must be a (T, d) matrix, got shape {tuple(H.shape)}")
+    return F.normalize(H, dim=1)
+
+
+def best_cosine(X: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max_k cos(c_k, x_n), argmax_k) for unit rows X (N, d) and raw centres (K, d)."""
+    return (X @ F.normalize(centers, dim=1).T).max(1)
+
+
+@dataclass
+class ChunkModel:
+    centers: torch.Tensor  # (K, d), unit rows
+    assignments: np.ndarray  # (T,) winning chunk of every training state
+    losses: list[float]  # per epoch, training loss
+    dead_per_epoch: list[int]  # dead chunks seen in each epoch (before re-seeding)
+    reseeded: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def assign(self, H) -> np.ndarray:
+        return best_cosine(_unit_rows(H), self.centers)[1].numpy()
+
+    def loss(self, H) -> float:
+        """Mean over states of -max cosine: the test loss on held-out activity."""
+        return float(-best_cosine(_unit_rows(H), self.centers)[0].mean())
+
+    @property
+    def live(self) -> np.ndarray:
+        """Indices of chunks that win at least one training state."""
+        return np.unique(self.assignments)
+
+
+def fit(
+    H,
+    n_chunks: int,
+    seed: int = 0,
+    reseed_dead: bool = True,
+    lr: float = 1e-2,
+    batch_size: int = 64,
+    epochs: int = 100,
+) -> ChunkModel:
+    """Learn ``n_chunks`` chunk embeddings for the rows of ``H`` (T, d)."""
+    X = _unit_rows(H)
+    T = len(X)
+    if n_chunks < 1 or n_chunks > T:
+        raise InputError(f"n_chunks must be in 1..{T} (the number of states), got {n_chunks}")
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n_chunks, X.shape[1], generator=gen).requires_grad_(True)
+    opt = torch.optim.Adam([centers], lr=lr)
+    losses, dead_log, reseeded = [], [], 0
+    for _ in range(epochs):
+        wins = torch.zeros(n_chunks, dtype=torch.bool)
+        total = 0.0
+        for idx in torch.randperm(T, generator=gen).split(batch_size):
+            best, arg = best_cosine(X[idx], centers)
+            loss = -best.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            wins[arg] = True
+            total += -loss.item() * len(idx)
+        losses.append(-total / T)
+        dead = (~wins).nonzero().flatten()
+        dead_log.append(len(dead))
+        if reseed_dead and len(dead):
+            with torch.no_grad():
+                fit_now = best_cosine(X, centers)[0]
+                worst = torch.argsort(fit_now)[: len(dead)]
+                centers[dead] = X[worst]
+            reseeded += len(dead)
+    with torch.no_grad():
+        final = F.normalize(centers.detach(), dim=1)
+        assignments = best_cosine(X, final)[1].numpy()
+    return ChunkModel(final, assignments, losses, dead_log, reseeded)
