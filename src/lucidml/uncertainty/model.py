@@ -327,5 +327,11 @@ class BayesVLM:
                 tensors[f"{t}.A"].double(), tensors[f"{t}.B"].double(), int(meta["n_pairs"])
             )
             self._set_posterior(t, factors, float(meta["prior_precision"][t]))
+            saved = meta.get("theta_sqnorm", {}).get(t)
+            if saved is None or abs(saved - self.posteriors[t].theta_sqnorm) > 1e-6 * saved:
+                raise ModelError(
+                    f"the factors in {folder} were fitted on '{meta.get('model')}', "
+                    f"whose {t} projection weights differ from {vlm.name}'s"
+                )
         self.lambda_fitted = bool(meta.get("lambda_fitted", False))
         return self
