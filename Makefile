@@ -31,7 +31,7 @@ format: setup
 	$(BIN)/ruff format src tests benchmarks
 
 bench: setup
-	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f; done
+	@set -e; for f in $(wildcard benchmarks/*.py); do echo "== $$f"; $(BIN)/python $$f; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
