@@ -90,3 +90,12 @@ def test_report_writes_markdown_and_self_contained_html(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| a | b |" in md and "![line.png](line.png)" in md
     assert (tmp_path / "line.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resolve_device():
+    from lucidml.core.config import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda", "mps")
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        resolve_device("tpu")

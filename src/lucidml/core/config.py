@@ -72,3 +72,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
+    import torch
+
+    from lucidml.errors import InputError
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = name.split(":")[0]
+    ok = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+    }
+    if kind not in ok:
+        raise InputError(f"unknown device '{name}': use auto, cpu, cuda or mps")
+    if not ok[kind]:
+        raise InputError(f"device '{name}' is not available on this machine")
+    return name
