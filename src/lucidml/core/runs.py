@@ -137,11 +137,12 @@ class Run:
         return save_torch(self.path / "checkpoints" / f"{key}.pt", state)
 
     def resume(self, key: str) -> Any | None:
-        """The state saved under ``key``, or None when this run has not reached it."""
+        """The state saved under ``key`` (tensors, numbers, strings, lists, dicts), or None."""
         import torch
 
         path = self.path / "checkpoints" / f"{key}.pt"
-        return torch.load(path, weights_only=False) if path.is_file() else None
+        # weights_only: a run folder may come from elsewhere; never unpickle code from it
+        return torch.load(path, weights_only=True) if path.is_file() else None
 
     def done(self, key: str) -> bool:
         return (self.path / "checkpoints" / f"{key}.pt").is_file()
