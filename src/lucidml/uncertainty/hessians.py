@@ -27,19 +27,27 @@ def _sandwich(x: torch.Tensor, inner: torch.Tensor, scale2: torch.Tensor | float
     return scale2 * jac @ inner @ jac
 
 
+def weighted_second_moment(w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """sum_c w_c y_c y_c^T for weights w (..., C) and targets (C, D) -> (..., D, D)."""
+    C, D = targets.shape
+    if C * D * D <= 2**24:  # one matmul against the stacked outer products
+        outer = (targets[:, :, None] * targets[:, None, :]).reshape(C, D * D)
+        return (w @ outer).reshape(*w.shape[:-1], D, D)
+    return (w.unsqueeze(-1) * targets).transpose(-1, -2) @ targets
+
+
 def infonce_inner(x: torch.Tensor, targets: torch.Tensor, logit_scale) -> torch.Tensor:
     """Softmax covariance of the candidates, sum_c p_c y_c y_c^T - ybar ybar^T, (..., D, D)."""
     p = torch.softmax(logit_scale * F.normalize(x, dim=-1) @ targets.T, dim=-1)
     ybar = p @ targets
-    second = torch.einsum("...c,cd,ce->...de", p, targets, targets)
-    return second - ybar.unsqueeze(-1) * ybar.unsqueeze(-2)
+    return weighted_second_moment(p, targets) - ybar.unsqueeze(-1) * ybar.unsqueeze(-2)
 
 
 def sigmoid_inner(x: torch.Tensor, targets: torch.Tensor, logit_scale, logit_bias) -> torch.Tensor:
     """sum_j s_j(1-s_j) y_j y_j^T with s_j = sigmoid(scale x^ . y_j + bias), (..., D, D)."""
     z = logit_scale * F.normalize(x, dim=-1) @ targets.T + logit_bias
     s = torch.sigmoid(z)
-    return torch.einsum("...c,cd,ce->...de", s * (1 - s), targets, targets)
+    return weighted_second_moment(s * (1 - s), targets)
 
 
 def infonce_ggn(x: torch.Tensor, targets: torch.Tensor, logit_scale) -> torch.Tensor:

@@ -284,6 +284,7 @@ class BayesVLM:
             "shapes": {
                 t: [self.layers[t].out_features, self.layers[t].in_features] for t in TOWERS
             },
+            "theta_sqnorm": {t: p.theta_sqnorm for t, p in self.posteriors.items()},
             "prior_precision": self.prior_precision,
             "lambda_fitted": self.lambda_fitted,
             "config": self.config.model_dump(mode="json"),
@@ -315,6 +316,12 @@ class BayesVLM:
             ) from None
         base = PosteriorConfig.from_dict(meta.get("config", {}), source=str(folder / META_FILE))
         self = cls(vlm, config or base)
+        if meta.get("kind") != vlm.kind:
+            raise ModelError(
+                f"the factors in {folder} were fitted on the {meta.get('kind')} "
+                f"model '{meta.get('model')}', which does not match {vlm.name} "
+                f"({vlm.kind})"
+            )
         for t in TOWERS:
             want = [self.layers[t].out_features, self.layers[t].in_features]
             if meta["shapes"].get(t) != want or f"{t}.A" not in tensors:
