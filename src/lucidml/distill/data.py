@@ -1,0 +1,239 @@
+"""Datasets, user-supplied distilled sets, random real subsets, and input checks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lucidml.core.zoo import ImageDataset, load_digits
+from lucidml.errors import InputError, NotInstalledError, ShapeError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+TENSOR_SUFFIXES = (".pt", ".pth", ".safetensors")
+TORCHVISION_DATASETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+
+
+def data_hash(data: ImageDataset) -> str:
+    """A short content hash of a dataset's splits (keys the teacher cache)."""
+    h = hashlib.sha256()
+    for t in (data.train_x, data.train_y, data.test_x, data.test_y):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _read_image_folder(
+    root: Path,
+    size: tuple[int, int] | None,
+    channels: int | None,
+    class_names: tuple[str, ...] | None = None,
+):
+    """Images under root/<class>/*, as (N, C, H, W) floats in [0, 1] and labels."""
+    from PIL import Image
+
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise InputError(
+            f"image folder {root} has no class sub-folders (expected "
+            "one sub-folder of images per class)"
+        )
+    names = class_names or tuple(p.name for p in folders)
+    xs, ys = [], []
+    for folder in folders:
+        if folder.name not in names:
+            raise InputError(
+                f"class folder '{folder.name}' in {root} is not a class of the "
+                f"dataset (expected one of: {', '.join(names)})"
+            )
+        for file in sorted(folder.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            img = Image.open(file)
+            img = img.convert("L" if channels == 1 else "RGB") if channels else img.convert("RGB")
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]))
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+            xs.append(torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1))
+            ys.append(names.index(folder.name))
+    if not xs:
+        raise InputError(f"image folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return torch.stack(xs), torch.tensor(ys), names
+
+
+def load_dataset(name: str, root: str | Path | None = None) -> ImageDataset:
+    """``digits`` (embedded), ``cifar10``/``cifar100`` from a local torchvision copy, or an
+    image folder with ``train/<class>/`` and ``test/<class>/`` (Tiny-ImageNet, ImageNet)."""
+    if name == "digits":
+        return load_digits()
+    if name in TORCHVISION_DATASETS:
+        return _torchvision_dataset(name, root)
+    path = Path(root) if root is not None else Path(name)
+    if not (path / "train").is_dir() or not (path / "test").is_dir():
+        raise InputError(
+            f"unknown dataset '{name}': use digits, cifar10, cifar100, or a folder "
+            "with train/<class>/ and test/<class>/ images (--data-root)"
+        )
+    train_x, train_y, names = _read_image_folder(path / "train", None, None)
+    test_x, test_y, _ = _read_image_folder(
+        path / "test", tuple(train_x.shape[-2:]), train_x.shape[1], names
+    )
+    return ImageDataset(train_x, train_y, test_x, test_y, names, name=path.name)
+
+
+def _torchvision_dataset(name: str, root: str | Path | None) -> ImageDataset:
+    try:
+        import torchvision
+    except ImportError:
+        raise NotInstalledError(
+            f"dataset '{name}' needs torchvision: pip install 'lucidml[vision]'"
+        ) from None
+    root = Path(root or Path.home() / ".cache" / "torchvision")
+    cls = getattr(torchvision.datasets, TORCHVISION_DATASETS[name])
+    try:
+        train, test = cls(root, train=True, download=False), cls(root, train=False, download=False)
+    except RuntimeError:
+        raise InputError(
+            f"dataset '{name}' is not under {root}; download it there first "
+            "(lucidml never downloads data)"
+        ) from None
+
+    def tensors(ds):
+        x = torch.from_numpy(np.asarray(ds.data, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)
+        return x, torch.tensor(ds.targets)
+
+    (tx, ty), (vx, vy) = tensors(train), tensors(test)
+    return ImageDataset(tx, ty, vx, vy, tuple(train.classes), name=name)
+
+
+def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+    """A .pt/.safetensors file: a bare image tensor, or a dict with ``images`` (or ``x``),
+    optional ``labels`` (or ``y``) and ``soft_labels``."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign files fail in many library-specific ways
+        raise InputError(f"cannot read tensor file {path}: {type(exc).__name__}") from None
+    if isinstance(obj, torch.Tensor):
+        return {"images": obj}
+    if not isinstance(obj, dict):
+        raise InputError(
+            f"{path} must hold a tensor or a dict of tensors, not {type(obj).__name__}"
+        )
+    aliases = {"x": "images", "y": "labels", "soft": "soft_labels"}
+    return {aliases.get(k, k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_distilled(
+    images: str | Path,
+    data: ImageDataset,
+    labels: str | Path | None = None,
+    soft_labels: str | Path | None = None,
+):
+    """A user's distilled set as (x, y, soft_labels or None), checked against ``data``."""
+    path = Path(images)
+    if not path.exists():
+        raise InputError(f"distilled images {path} do not exist")
+    if path.is_dir():
+        x, y, _ = _read_image_folder(
+            path, tuple(data.train_x.shape[-2:]), data.train_x.shape[1], tuple(data.class_names)
+        )
+        soft = None
+    elif path.suffix in TENSOR_SUFFIXES:
+        found = load_tensor_file(path)
+        if "images" not in found:
+            raise InputError(f"{path} has no 'images' tensor (keys: {', '.join(found)})")
+        x, y, soft = found["images"], found.get("labels"), found.get("soft_labels")
+    else:
+        raise InputError(
+            f"distilled images {path} must be a folder or a {'/'.join(TENSOR_SUFFIXES)} file"
+        )
+    if labels is not None:
+        y = _one_tensor(Path(labels), "labels")
+    if soft_labels is not None:
+        soft = _one_tensor(Path(soft_labels), "soft_labels")
+    if y is None:
+        raise InputError(f"{path} has no labels: add a 'labels' tensor or pass --labels FILE")
+    return check_distilled(x, y, data, soft)
+
+
+def _one_tensor(path: Path, key: str) -> torch.Tensor:
+    if not path.is_file():
+        raise InputError(f"{key} file {path} does not exist")
+    found = load_tensor_file(path)
+    if key in found:
+        return found[key]
+    if "images" in found and len(found) == 1:  # a bare tensor
+        return found["images"]
+    raise InputError(f"{path} has no '{key}' tensor (keys: {', '.join(found)})")
+
+
+def check_distilled(
+    x: torch.Tensor, y: torch.Tensor, data: ImageDataset, soft: torch.Tensor | None = None
+):
+    """Validate a distilled set against the dataset it claims to distil."""
+    expected = tuple(data.train_x.shape[1:])
+    if x.ndim != 4:
+        raise ShapeError(
+            f"distilled images have shape {tuple(x.shape)}; expected (N, "
+            f"{', '.join(map(str, expected))})"
+        )
+    if tuple(x.shape[1:]) != expected:
+        what = "channel count" if x.shape[1] != expected[0] else "image size"
+        raise ShapeError(
+            f"distilled images have {what} {tuple(x.shape[1:])}; {data.name} "
+            f"expects (C, H, W) = {expected}"
+        )
+    y = y.long() if not y.is_floating_point() else y
+    if y.ndim != 1 or len(y) != len(x) or y.is_floating_point():
+        raise ShapeError(
+            f"labels have shape {tuple(y.shape)} and dtype {y.dtype}; expected "
+            f"({len(x)},) integer class indices, one per image"
+        )
+    k = data.n_classes
+    if len(y) and (y.min() < 0 or y.max() >= k):
+        raise ShapeError(
+            f"labels must be class indices in [0, {k - 1}], got [{int(y.min())}, {int(y.max())}]"
+        )
+    if soft is not None and tuple(soft.shape) != (len(x), k):
+        raise ShapeError(f"soft labels have shape {tuple(soft.shape)}; expected ({len(x)}, {k})")
+    soft = soft.float() if soft is not None else None
+    return x.float(), y, soft
+
+
+def stratified_split(y: torch.Tensor, fraction: float, seed: int):
+    """Indices (kept, held_out) with ``fraction`` of each class held out."""
+    gen = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_held = round(fraction * len(idx))
+        held.append(idx[:n_held])
+        kept.append(idx[n_held:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
+def random_subset(y: torch.Tensor, counts: dict[int, int], seed: int) -> torch.Tensor:
+    """Indices of ``counts[c]`` images of each class c, drawn without replacement."""
+    gen = torch.Generator().manual_seed(seed)
+    picked = []
+    for c, n in sorted(counts.items()):
+        idx = torch.nonzero(y == c).flatten()
+        if n > len(idx):
+            raise InputError(
+                f"IPC {n} for class {c} is larger than the {len(idx)} training "
+                "images that class has"
+            )
+        picked.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
+    return torch.cat(picked)
+
+
+def class_counts(y: torch.Tensor) -> dict[int, int]:
+    values, counts = torch.unique(y, return_counts=True)
+    return {int(v): int(n) for v, n in zip(values, counts, strict=True)}

@@ -1,0 +1,282 @@
+"""Train many small students at once.
+
+A *group* is a set of students that share an architecture, a recipe and a training-set
+size but may differ in data, learning rate and seed (e.g. the LR grid x ``num_eval``
+runs of one condition). ``train_batched`` stacks their parameters with
+``torch.func.stack_module_state`` and takes every optimiser step for all of them with one
+``vmap``-ed forward/backward; ``train_sequential`` trains them one by one with
+``lucidml.core.train.fit_classifier``. Each member owns its random streams (init, batch
+order, augmentation), so both engines consume identical random numbers and agree up to
+floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import stack_module_state
+
+from lucidml.core.train import TrainConfig, fit_classifier
+from lucidml.distill.config import RecipeConfig
+from lucidml.distill.models import stacked_forward
+from lucidml.errors import ConfigError
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def derive_seed(*parts) -> int:
+    """A stable 31-bit seed from any parts (a run's seed is derive_seed(seed, run))."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class Member:
+    """One student: its training images, (B, K) targets, learning rate and seed."""
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    lr: float
+    seed: int
+
+
+@dataclass
+class Fitted:
+    """A trained student's evaluation history: dicts of epoch, val_acc, test_acc."""
+
+    lr: float
+    seed: int
+    history: list[dict] = field(default_factory=list)
+    state: dict[str, torch.Tensor] | None = None  # final weights
+
+
+def init_model(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_fn()
+
+
+def augment_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, "augment"))
+
+
+def lr_factor(recipe: RecipeConfig, step: int, steps_per_epoch: int) -> float:
+    """The schedule's multiplier of the base LR at optimiser step ``step`` (0-based)."""
+    total = recipe.epochs * steps_per_epoch
+    if recipe.schedule == "step":
+        every = (recipe.step_every or max(recipe.epochs // 2, 1)) * steps_per_epoch
+        return 0.1 ** (step // every)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    if recipe.schedule == "cosine_ref":  # the reference's per-epoch curve, ending at lr / 2
+        return 0.5 * (1 + math.cos(math.pi * (step // steps_per_epoch) / (2 * recipe.epochs)))
+    return 1.0
+
+
+def _evaluate_stacked(base, params, x, y, device, chunk=512) -> torch.Tensor:
+    correct = torch.zeros(len(next(iter(params.values()))))
+    with torch.no_grad():
+        for i in range(0, len(x), chunk):
+            pred = stacked_forward(base, params, x[i : i + chunk].to(device)).argmax(-1).cpu()
+            correct += (pred == y[i : i + chunk]).sum(1)
+    return correct / max(len(x), 1)
+
+
+class _Optimizer:
+    """SGD (momentum, weight decay), Adam and AdamW over stacked parameters with one LR each.
+
+    Written out because torch.optim has one LR per parameter group, and each stacked
+    tensor holds every member; the update rules are torch.optim's.
+    """
+
+    def __init__(self, params: dict, lrs: torch.Tensor, recipe: RecipeConfig):
+        self.recipe, self.lrs, self.t = recipe, lrs, 0
+        self.state = {k: [torch.zeros_like(p), torch.zeros_like(p)] for k, p in params.items()}
+
+    def step(self, params: dict, grads: dict, factor: float) -> None:
+        r = self.recipe
+        self.t += 1
+        for k, p in params.items():
+            lr = (self.lrs * factor).view(-1, *([1] * (p.ndim - 1))).to(p)
+            g = grads[k]
+            m, v = self.state[k]
+            if r.optimizer == "sgd":
+                g = g + r.weight_decay * p
+                m.mul_(r.momentum).add_(g)
+                p.sub_(lr * m)
+                continue
+            if r.optimizer == "adamw":
+                p.mul_(1 - lr * r.weight_decay)
+            else:
+                g = g + r.weight_decay * p
+            m.mul_(0.9).add_(g, alpha=0.1)
+            v.mul_(0.999).addcmul_(g, g, value=0.001)
+            denom = (v.sqrt() / math.sqrt(1 - 0.999**self.t)).add_(1e-8)
+            p.sub_(lr / (1 - 0.9**self.t) * m / denom)
+
+
+def _check_group(members: list[Member]) -> int:
+    sizes = {len(m.x) for m in members}
+    if len(sizes) != 1:
+        raise ConfigError(f"a training group needs equal training-set sizes, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _is_eval_epoch(recipe: RecipeConfig, epoch: int) -> bool:
+    return epoch == recipe.epochs or epoch % recipe.eval_every == 0
+
+
+def train_batched(
+    members: list[Member],
+    model_fn: Callable[[], nn.Module],
+    recipe: RecipeConfig,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    augment: Callable | None,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None,
+    test: Split,
+    val: Split | None = None,
+    device: str = "cpu",
+) -> list[Fitted]:
+    """Train every member together with vmap; see the module docstring."""
+    n = _check_group(members)
+    models = [init_model(model_fn, m.seed) for m in members]
+    if any(True for _ in models[0].buffers()):
+        raise ConfigError(
+            "the batched engine needs a model without buffers (e.g. no BatchNorm); "
+            "use engine 'sequential'"
+        )
+    params, _ = stack_module_state(models)
+    params = {k: v.detach().to(device).requires_grad_() for k, v in params.items()}
+    base = copy.deepcopy(models[0]).to(device)
+    opt = _Optimizer(params, torch.tensor([m.lr for m in members]), recipe)
+    order_gens = [torch.Generator().manual_seed(m.seed) for m in members]
+    aug_gens = [augment_generator(m.seed) for m in members]
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    fitted = [Fitted(m.lr, m.seed) for m in members]
+    step = 0
+    for epoch in range(1, recipe.epochs + 1):
+        perms = [torch.randperm(n, generator=g) for g in order_gens]
+        for start in range(0, n, recipe.batch_size):
+            xs, ts = [], []
+            for m, perm, gen in zip(members, perms, aug_gens, strict=True):
+                idx = perm[start : start + recipe.batch_size]
+                xb, tb = m.x[idx], m.targets[idx]
+                if augment is not None:
+                    xb, tb = augment(xb, tb, gen)
+                xs.append(xb)
+                ts.append(tb)
+            xb, tb = torch.stack(xs).to(device), torch.stack(ts).to(device)
+            if teacher is not None:
+                with torch.no_grad():
+                    tb = teacher(xb.flatten(0, 1)).view(*xb.shape[:2], -1)
+            logits = stacked_forward(base, params, xb)
+            # Every loss is a batch mean, so G x the mean over all G*B rows is the sum of
+            # the members' losses, whose gradient is each member's own gradient.
+            total = loss(logits.flatten(0, 1), tb.flatten(0, 1)) * len(members)
+            grads = dict(
+                zip(params, torch.autograd.grad(total, list(params.values())), strict=True)
+            )
+            with torch.no_grad():
+                opt.step(params, grads, lr_factor(recipe, step, steps_per_epoch))
+            step += 1
+        if _is_eval_epoch(recipe, epoch):
+            test_acc = _evaluate_stacked(base, params, *test, device)
+            val_acc = _evaluate_stacked(base, params, *val, device) if val is not None else None
+            for g, f in enumerate(fitted):
+                record = {"epoch": epoch, "test_acc": float(test_acc[g])}
+                if val_acc is not None:
+                    record["val_acc"] = float(val_acc[g])
+                f.history.append(record)
+    for g, f in enumerate(fitted):
+        f.state = {k: v[g].detach().clone() for k, v in params.items()}
+    return fitted
+
+
+def train_sequential(
+    members: list[Member],
+    model_fn: Callable[[], nn.Module],
+    recipe: RecipeConfig,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    augment: Callable | None,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None,
+    test: Split,
+    val: Split | None = None,
+    device: str = "cpu",
+) -> list[Fitted]:
+    """Train members one after another with ``core.train.fit_classifier``."""
+    _check_group(members)
+    if recipe.schedule == "cosine_ref":
+        raise ConfigError("schedule 'cosine_ref' needs engine 'batched'")
+    fitted = []
+    for m in members:
+        cfg = TrainConfig(
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            lr=m.lr,
+            optimizer=recipe.optimizer,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            schedule=recipe.schedule,
+            step_every=recipe.step_every,
+            step_gamma=0.1,
+            eval_every=recipe.eval_every,
+            seed=m.seed,
+            device=device,
+        )
+        gen = augment_generator(m.seed)
+        aug = None if augment is None else (lambda x, t, gen=gen: augment(x, t, gen))
+        result = fit_classifier(
+            init_model(model_fn, m.seed),
+            (m.x, m.targets.argmax(1)),
+            test,
+            cfg,
+            targets=teacher if teacher is not None else m.targets,
+            loss=lambda s, t, _cfg: loss(s, t),
+            augment=aug,
+            val=val,
+        )
+        history = [
+            {k: h[k] for k in ("epoch", "test_acc", "val_acc") if k in h}
+            for h in result.history
+            if "test_acc" in h
+        ]
+        fitted.append(Fitted(m.lr, m.seed, history, result.model.state_dict()))
+    return fitted
+
+
+ENGINES = {"batched": train_batched, "sequential": train_sequential}
+
+
+def pick_engine(name: str, model_fn: Callable[[], nn.Module]) -> Callable:
+    """``auto`` batches unless the model keeps buffers (BatchNorm running statistics)."""
+    if name == "auto":
+        has_buffers = any(True for _ in model_fn().buffers())
+        name = "sequential" if has_buffers else "batched"
+    return ENGINES[name]
+
+
+def select(fitted: list[Fitted], mode: str) -> dict:
+    """Pick (LR, checkpoint) by validation accuracy, or by test accuracy (optimistic).
+
+    Ties go to the earlier LR in the grid and the earlier checkpoint.
+    """
+    key = "val_acc" if mode == "val" else "test_acc"
+    best, chosen = -1.0, None
+    for f in fitted:
+        for h in f.history:
+            if h[key] > best:
+                best, chosen = h[key], (f, h)
+    f, h = chosen
+    return {
+        "acc": h["test_acc"],
+        "lr": f.lr,
+        "epoch": h["epoch"],
+        "val_acc": h.get("val_acc"),
+        "optimistic": mode == "test",
+    }
