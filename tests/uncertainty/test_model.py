@@ -12,7 +12,7 @@ from lucidml.uncertainty import BayesVLM, PosteriorConfig
 from lucidml.uncertainty.hessians import ggn_sum
 from lucidml.uncertainty.towers import image_inputs, text_inputs
 
-WORDS = "a photo of the cat dog bird fish red blue big small".split()
+WORDS = ["a", "photo", "of", "the", "cat", "dog", "bird", "fish", "red", "blue", "big", "small"]
 CAPTIONS = [
     "a photo of the cat",
     "a red dog",

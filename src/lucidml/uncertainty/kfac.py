@@ -163,5 +163,7 @@ def sample_weight_noise(
 ) -> torch.Tensor:
     """Draws of W - W_map from the posterior, (S, q, p): V (Z * sqrt(M)^T) U^T."""
     p, q = M.shape
-    z = torch.randn(n_samples, q, p, generator=generator, dtype=U.dtype)
-    return V @ (z * M.sqrt().T) @ U.T
+    z = torch.randn(n_samples, q, p, generator=generator, dtype=U.dtype) * M.sqrt().T
+    # V z U^T for every draw, as two plain 2-D matmuls (batched broadcasting is slow on CPU)
+    left = (V @ z.transpose(0, 1).reshape(q, n_samples * p)).reshape(q, n_samples, p)
+    return (left.transpose(0, 1).reshape(n_samples * q, p) @ U.T).reshape(n_samples, q, p)

@@ -247,21 +247,24 @@ class BayesVLM:
         txt: TowerInputs,
         n_samples: int,
         generator: torch.Generator | None = None,
+        chunk: int = 50,
     ) -> torch.Tensor:
         """Logits (S, N, C) under joint posterior draws of both projections; draws are
         shared across all N images, which acquisition functions like EPIG need."""
         self._require_fitted()
         out = []
-        for _ in range(n_samples):
+        for start in range(0, n_samples, chunk):
+            k = min(chunk, n_samples - start)
             emb = {}
             for t, x in (("image", img), ("text", txt)):
                 post = self.posteriors[t]
                 M = post.covariance_eigenvalues(self.config.predict_n, self.config.damping)
-                noise = kfac.sample_weight_noise(post.U, post.V, M, 1, generator)[0]
-                delta = self._design(t, x.a) @ noise.T
+                noise = kfac.sample_weight_noise(post.U, post.V, M, k, generator)  # (k, q, p)
+                delta = self._design(t, x.a) @ noise.transpose(1, 2)  # (k, N, q)
                 emb[t] = F.normalize(self.embed(t, x) + delta, dim=-1)
-            out.append(self.logit_scale * emb["image"] @ emb["text"].T + self.logit_bias)
-        return torch.stack(out)
+            cos = emb["image"] @ emb["text"].transpose(1, 2)
+            out.append(self.logit_scale * cos + self.logit_bias)
+        return torch.cat(out)
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
