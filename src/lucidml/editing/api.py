@@ -1,0 +1,191 @@
+"""Public verbs: parse a dump, build a benchmark, run a method through the lifelong loop, demo."""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+
+from lucidml.core.config import seed_everything
+from lucidml.core.report import Report
+from lucidml.core.runs import Run, write_json
+from lucidml.editing import build as B
+from lucidml.editing import methods, wikidata
+from lucidml.editing.config import BuildConfig, EvalConfig, RunConfig
+from lucidml.editing.lifelong import run_lifelong
+from lucidml.errors import InputError
+
+METRICS = ("rewrite", "rephrase", "personas", "mhop", "loc_gold", "loc_agree", "past")
+
+
+def embedded_snapshots() -> list[Path]:
+    """The bundled Wikidata-format snapshot files (2022-06, 2023-06, 2024-11)."""
+    folder = resources.files("lucidml.editing").joinpath("data/snapshots")
+    return sorted(Path(str(f)) for f in folder.iterdir() if f.name.endswith(".jsonl"))
+
+
+def parse(
+    dump: str | Path,
+    out: str | Path,
+    on_error: str = "stop",
+    processes: int = 1,
+    best_rank: bool = True,
+) -> dict:
+    """Parse one dump into a snapshot folder (triples and labels as Parquet)."""
+    stats = wikidata.parse_dump(
+        dump, out, on_error=on_error, processes=processes, best_rank=best_rank
+    )
+    write_json(Path(out) / "results.json", {"dump": str(dump), **stats})
+    return stats
+
+
+def as_snapshot(path: str | Path, work: Path, cfg: BuildConfig) -> Path:
+    """A parsed snapshot folder: a folder is used as is, a dump file is parsed into ``work``."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if not path.is_file():
+        raise InputError(f"snapshot {path} is neither a dump file nor a parsed snapshot folder")
+    name = path.name.split(".")[0]
+    target = work / "snapshots" / name
+    wikidata.parse_dump(path, target, best_rank=cfg.best_rank)
+    return target
+
+
+def build(
+    snapshots: list[str | Path], out: str | Path, cfg: BuildConfig | None = None, llm=None
+) -> dict:
+    """Timesteps from consecutive snapshots (dump files or parsed folders) into ``out``."""
+    cfg = cfg or BuildConfig()
+    out = Path(out)
+    for s in snapshots:
+        if not Path(s).exists():
+            raise InputError(f"snapshot {s} does not exist")
+    folders = [as_snapshot(s, out, cfg) for s in snapshots]
+    return B.build_benchmark(folders, out, cfg, llm)
+
+
+def embedded_benchmark(out: str | Path) -> Path:
+    """Build the embedded benchmark (two timesteps) into ``out``; returns the folder."""
+    build(embedded_snapshots(), out)
+    return Path(out)
+
+
+def run(
+    cfg: RunConfig,
+    out: str | Path | None = None,
+    model=None,
+    tokenizer=None,
+    editor=None,
+    progress=None,
+) -> dict:
+    """Run one method through the lifelong loop; resumes if ``out`` holds a checkpoint."""
+    from lucidml.core.zoo import load_llm
+
+    editor = editor or methods.get(cfg.method, **cfg.hparams)
+    bench_dir = Path(cfg.benchmark) if cfg.benchmark else None
+    timesteps = B.load_benchmark(bench_dir) if bench_dir else None
+    seed_everything(cfg.seed)
+    if model is None:
+        model, tokenizer = load_llm(cfg.model, device=cfg.device)
+    r = Run("editing", out, cfg)
+    if timesteps is None:
+        timesteps = B.load_benchmark(embedded_benchmark(r / "benchmark"))
+    if cfg.max_edits is not None:
+        timesteps = [ts[: cfg.max_edits] for ts in timesteps]
+    result = run_lifelong(
+        model, tokenizer, editor, timesteps, cfg.eval, r, cfg.skip_known, cfg.seed, progress
+    )
+    result.pop("model")
+    results = {"method": cfg.method, "model": cfg.model, **result}
+    r.write_results(results)
+    _report(f"WikiBigEdit: {cfg.method} on {cfg.model}", {cfg.method: results}).save(r.path)
+    return results
+
+
+def _fmt_row(name: str, final: dict, bwt: float) -> dict:
+    row = {"method": name}
+    for k in METRICS:
+        v = final.get(k, float("nan"))
+        row[k] = round(v, 3) if isinstance(v, float) and not math.isnan(v) else "-"
+    row["bwt"] = round(bwt, 3) if not math.isnan(bwt) else "-"
+    row["s/edit"] = round(final.get("seconds_per_edit", float("nan")), 2)
+    return row
+
+
+def _report(title: str, results: dict[str, dict]) -> Report:
+    import matplotlib.pyplot as plt
+
+    rep = Report(title)
+    rep.heading("Running means after the last timestep")
+    rep.text(
+        "Teacher-forced token accuracy on 'Q: {question} A: {answer}'. rewrite: the "
+        "edited questions; rephrase/personas: reworded ones; mhop: chained through the "
+        "new object; loc_gold/loc_agree: unchanged facts (gold answer / agreement with "
+        "the pre-edit model); past: edits of earlier timesteps."
+    )
+    rep.table([_fmt_row(m, r["final"], r["bwt"]) for m, r in results.items()])
+    pre_rows = []
+    for m, r in results.items():
+        first = r["timesteps"][0] if r["timesteps"] else {}
+        pre_rows.append(
+            {
+                "method": m,
+                **{
+                    f"pre_{k}": round(first.get(f"pre_{k}", math.nan), 3)
+                    for k in ("rewrite", "rephrase", "loc_gold")
+                },
+            }
+        )
+    rep.heading("Before the first edits")
+    rep.table(pre_rows)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, key in zip(axes, ("rewrite", "loc_gold", "past"), strict=True):
+        for m, r in results.items():
+            ts = [row["timestep"] for row in r["timesteps"]]
+            ax.plot(ts, [row.get(key, math.nan) for row in r["timesteps"]], marker="o", label=m)
+        ax.set_title(key)
+        ax.set_xlabel("timestep")
+        ax.set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=7)
+    rep.figure(fig, "timesteps", "Per-timestep metrics after each timestep's edits")
+    return rep
+
+
+def demo(out_dir: Path, quick: bool = False) -> Path:
+    """Build the embedded benchmark and run every method on SmolLM2; writes report.html."""
+    from lucidml.core.zoo import load_llm
+
+    out_dir = Path(out_dir)
+    bench = embedded_benchmark(out_dir / "benchmark")
+    model, tok = load_llm()
+    base = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    # quick: a few edits per timestep and short recipes, to stay within minutes on 2 cores
+    max_edits = 6 if quick else None
+    quick_hp = {
+        "ft": {"epochs": 5},
+        "lora": {"epochs": 5},
+        "lora_merge": {"epochs": 5},
+        "rome": {"v_steps": 10},
+        "memit": {"v_steps": 10},
+    }
+    results = {}
+    for name in methods.METHODS:
+        model.load_state_dict(base)
+        hp = quick_hp.get(name, {}) if quick else {}
+        cfg = RunConfig(
+            method=name,
+            benchmark=str(bench),
+            hparams=hp,
+            max_edits=max_edits,
+            eval=EvalConfig(past_max=50 if quick else 1000),
+        )
+        results[name] = run(cfg, out_dir / "runs" / name, model=model, tokenizer=tok)
+    summary = {m: {"final": r["final"], "bwt": r["bwt"], "R": r["R"]} for m, r in results.items()}
+    write_json(out_dir / "results.json", {"quick": quick, "methods": summary})
+    rep = _report("WikiBigEdit demo: every method on SmolLM2-135M", results)
+    rep.text(
+        f"Benchmark: {bench} (embedded snapshots 2022-06 -> 2023-06 -> 2024-11)."
+        + (" Quick mode: 6 edits per timestep, shortened recipes." if quick else "")
+    )
+    return rep.save(out_dir)

@@ -1,0 +1,292 @@
+"""Build WikiBigEdit-style records from two parsed snapshots.
+
+Changed facts (``new`` / ``update``) pass the reference filters, get a locality probe
+(an unchanged fact, same relation, nearest subject name) and, where the new object is
+itself edited, a multi-hop probe; questions come from templates (optionally an LLM).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lucidml.core.runs import atomic_write_text, write_json
+from lucidml.editing import questions as Q
+from lucidml.editing import wikidata
+from lucidml.editing.config import BuildConfig
+from lucidml.errors import InputError
+
+_LATIN = re.compile(r"[A-Za-z\u00C0-\u024F]")
+_META_PREFIXES = ("category:", "template:")
+
+
+def label_problem(label: str | None, cfg: BuildConfig, is_object: bool) -> str | None:
+    """Why a label disqualifies a fact (None when it is fine)."""
+    if not label:
+        return "missing_label"
+    if len(label) < cfg.min_label_chars:
+        return "short_label"
+    if label.casefold().startswith(_META_PREFIXES):
+        return "category_or_template"
+    if not _LATIN.search(label):
+        return "non_latin"
+    if is_object and len(label.split()) > cfg.max_object_words:
+        return "long_label"
+    return None
+
+
+def is_circular(subject: str, obj: str) -> bool:
+    s, o = subject.casefold(), obj.casefold()
+    return s in o or o in s
+
+
+def filter_changes(
+    changes: pd.DataFrame, labels: dict[str, str], new_triples: pd.DataFrame, cfg: BuildConfig
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Apply the reference filters; returns the kept rows and a count per dropped reason."""
+    n_objects = new_triples.groupby(["subject", "property"])["object"].nunique()
+    kept, dropped = [], {}
+    for row in changes.itertuples(index=False):
+        reason = _change_problem(row, labels, n_objects, cfg)
+        if reason is None:
+            kept.append(row)
+        else:
+            dropped[reason] = dropped.get(reason, 0) + 1
+    return pd.DataFrame(kept, columns=changes.columns), dropped
+
+
+def _change_problem(row, labels, n_objects, cfg: BuildConfig) -> str | None:
+    if row.property in cfg.property_blocklist:
+        return "blocklisted_relation"
+    if not labels.get(row.property):
+        return "missing_relation_label"
+    s, o = labels.get(row.subject), labels.get(row.new_object)
+    reason = label_problem(s, cfg, is_object=False) or label_problem(o, cfg, is_object=True)
+    if reason:
+        return reason
+    if is_circular(s, o):
+        return "circular"
+    if n_objects.get((row.subject, row.property), 0) != 1:
+        return "ambiguous"
+    if row.kind == "update" and labels.get(row.old_object, "").casefold() == o.casefold():
+        return "same_label"
+    return None
+
+
+def locality_candidates(
+    subject: str, prop: str, obj: str, pool: pd.DataFrame, labels: dict[str, str]
+) -> pd.DataFrame:
+    """Unchanged facts ranked as locality probes: same relation, same subject, name similarity.
+
+    ``pool`` holds unchanged facts whose (subject, property) no edit touches.
+    Returns the candidates sorted best first, with a ``score`` column (rapidfuzz WRatio).
+    """
+    from rapidfuzz import fuzz, process
+
+    cand = pool[pool["object"] != obj]
+    same_p = cand[cand["property"] == prop]
+    if len(same_p):
+        cand = same_p
+    if cand.empty:
+        return cand.assign(score=[])
+    names = [labels.get(s, "") for s in cand["subject"]]
+    scores = process.cdist([labels.get(subject, "")], names, scorer=fuzz.WRatio)[0]
+    cand = cand.assign(
+        same_p=cand["property"] == prop, same_s=cand["subject"] == subject, score=scores
+    )
+    return cand.sort_values(["same_p", "same_s", "score"], ascending=False, kind="stable")
+
+
+def _pick_locality(edit, pool, labels, templates, cfg, rng) -> tuple[str, str] | None:
+    cand = locality_candidates(edit.subject, edit.property, edit.new_object, pool, labels)
+    if cand.empty:
+        return None
+    best = cand.iloc[0]
+    top = cand[
+        (cand["same_p"] == best["same_p"])
+        & (cand["same_s"] == best["same_s"])
+        & (cand["score"] == best["score"])
+    ]
+    order = list(top.index[rng.permutation(len(top))]) + list(cand.index[len(top) :])
+    for idx in order:
+        row = cand.loc[idx]
+        s, o = labels.get(row["subject"]), labels.get(row["object"])
+        if label_problem(s, cfg, False) or label_problem(o, cfg, True):
+            continue
+        q = templates.question(row["property"], s, labels.get(row["property"]))
+        if Q.acceptable(q, s, o):
+            return q, o
+    return None
+
+
+def _pick_multihop(edit, by_subject, labels, templates, cfg, rng) -> tuple[str, str] | None:
+    hops = [
+        h
+        for h in by_subject.get(edit.new_object, [])
+        if h.property not in cfg.mhop_blocklist
+        and h.new_object != edit.subject
+        and "wiki" not in labels[h.new_object].casefold()
+    ]
+    if not hops:
+        return None
+    hop = hops[rng.integers(len(hops))]
+    s, bridge_label, answer = labels[edit.subject], labels[edit.new_object], labels[hop.new_object]
+    bridge = templates.bridge(edit.property, s, labels.get(edit.property))
+    q = templates.question(hop.property, bridge, labels.get(hop.property))
+    leaks = answer.casefold() in q.casefold() or bridge_label.casefold() in q.casefold()
+    return (q, answer) if Q.acceptable(q, s, answer) and not leaks else None
+
+
+def make_record(edit, labels, templates, cfg, timestep, llm=None) -> dict | None:
+    """One record for a kept edit (without probes), or None if its question fails the filter."""
+    s, o, rel = labels[edit.subject], labels[edit.new_object], labels[edit.property]
+    question = templates.question(edit.property, s, rel)
+    if not Q.acceptable(question, s, o):
+        return None
+    rephrase, from_llm = Q.propose(
+        llm, Q.rephrase_instruction(question), templates.rephrase(edit.property, s, rel), s, o
+    )
+    personas = {}
+    for style, wrapped in Q.personas(question).items():
+        personas[style], used = Q.propose(
+            llm, Q.persona_instruction(question, style), wrapped, s, o
+        )
+        from_llm |= used
+    tag = "update" if edit.kind == "added" and cfg.compat_added_as_update else edit.kind
+    old = edit.old_object if isinstance(edit.old_object, str) else None
+    return {
+        "tag": tag,
+        "subject": s,
+        "subject_id": edit.subject,
+        "relation": rel,
+        "relation_id": edit.property,
+        "object": o,
+        "object_id": edit.new_object,
+        "old_object": labels.get(old) if old else None,
+        "old_object_id": old,
+        "update": question,
+        "rephrase": rephrase,
+        "ans": o,
+        "personas": personas,
+        "loc": None,
+        "loc_ans": None,
+        "mhop": None,
+        "mhop_ans": None,
+        "timestep": timestep,
+        "seed": cfg.seed,
+        "generator": getattr(llm, "name", "llm") if from_llm else "template",
+    }
+
+
+def build_timestep(
+    old_dir: str | Path,
+    new_dir: str | Path,
+    timestep: int = 0,
+    cfg: BuildConfig | None = None,
+    llm: Q.QuestionLLM | None = None,
+) -> tuple[list[dict], dict]:
+    """Records for the changes between two parsed snapshots, and build statistics."""
+    cfg = cfg or BuildConfig()
+    templates = Q.Templates.load(cfg.templates)
+    labels = wikidata.read_labels(old_dir, new_dir)
+    changes = wikidata.diff(old_dir, new_dir, kinds=tuple(cfg.kinds))
+    new_triples = wikidata.read_triples(new_dir)
+    kept, dropped = filter_changes(changes, labels, new_triples, cfg)
+    touched = set(zip(changes["subject"], changes["property"], strict=True))
+    same = wikidata.unchanged(old_dir, new_dir)
+    keep = [
+        sp not in touched and sp[1] not in cfg.property_blocklist
+        for sp in zip(same["subject"], same["property"], strict=True)
+    ]
+    pool = same[keep]
+    rng = np.random.default_rng(cfg.seed + timestep)
+    by_subject: dict[str, list] = {}
+    for edit in kept.itertuples(index=False):
+        by_subject.setdefault(edit.subject, []).append(edit)
+    records = []
+    for edit in kept.itertuples(index=False):
+        rec = make_record(edit, labels, templates, cfg, timestep, llm)
+        if rec is None:
+            dropped["question_filter"] = dropped.get("question_filter", 0) + 1
+            continue
+        loc = _pick_locality(edit, pool, labels, templates, cfg, rng)
+        if loc:
+            rec["loc"], rec["loc_ans"] = loc
+        mhop = _pick_multihop(edit, by_subject, labels, templates, cfg, rng)
+        if mhop:
+            rec["mhop"], rec["mhop_ans"] = mhop
+        records.append(rec)
+    stats = {
+        "changes": len(changes),
+        "kept": len(records),
+        "dropped": dropped,
+        "with_locality": sum(r["loc"] is not None for r in records),
+        "with_multihop": sum(r["mhop"] is not None for r in records),
+    }
+    return records, stats
+
+
+def timestep_file(out_dir: str | Path, t: int) -> Path:
+    return Path(out_dir) / f"timestep_{t:03d}.jsonl"
+
+
+def save_timestep(out_dir: str | Path, t: int, records: list[dict]) -> Path:
+    """JSONL (the canonical form) and Parquet beside it."""
+    path = timestep_file(out_dir, t)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    frame = pd.DataFrame(records)
+    if "personas" in frame:
+        frame["personas"] = [json.dumps(p, ensure_ascii=False) for p in frame["personas"]]
+    frame.to_parquet(path.with_suffix(".parquet"), index=False)
+    return path
+
+
+def build_benchmark(
+    snapshots: list[str | Path],
+    out_dir: str | Path,
+    cfg: BuildConfig | None = None,
+    llm: Q.QuestionLLM | None = None,
+) -> dict:
+    """One timestep per consecutive pair of parsed snapshots; writes ``benchmark.json``."""
+    cfg = cfg or BuildConfig()
+    if len(snapshots) < 2:
+        raise InputError("building a benchmark needs at least two snapshots (old and new)")
+    for folder in snapshots:
+        wikidata.read_labels(folder)  # fails early, before anything is written
+    Q.Templates.load(cfg.templates)
+    out = Path(out_dir)
+    steps = []
+    built = [
+        build_timestep(a, b, t, cfg, llm)
+        for t, (a, b) in enumerate(zip(snapshots[:-1], snapshots[1:], strict=True))
+    ]
+    for t, (records, stats) in enumerate(built):
+        save_timestep(out, t, records)
+        steps.append(
+            {"timestep": t, "old": str(snapshots[t]), "new": str(snapshots[t + 1]), **stats}
+        )
+    manifest = {"timesteps": steps, "config": cfg.model_dump(mode="json")}
+    write_json(out / "benchmark.json", manifest)
+    return manifest
+
+
+def load_benchmark(folder: str | Path) -> list[list[dict]]:
+    """The records of each timestep, in order."""
+    folder = Path(folder)
+    if not (folder / "benchmark.json").is_file():
+        raise InputError(
+            f"{folder} is not a benchmark folder: benchmark.json is missing "
+            "(run `lucid editing build` first)"
+        )
+    steps = []
+    for t in range(len(json.loads((folder / "benchmark.json").read_text())["timesteps"])):
+        path = timestep_file(folder, t)
+        try:
+            steps.append([json.loads(line) for line in path.read_text().splitlines() if line])
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"benchmark file {path} cannot be read: {exc}") from None
+    return steps

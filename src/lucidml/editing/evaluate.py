@@ -1,0 +1,261 @@
+"""Teacher-forced scoring of "Q: {question} A: {answer}" and the WikiBigEdit metrics.
+
+Answer tokens are found from the tokenizer's offset mappings (a token belongs to the
+answer when its character span ends inside the answer), so the span is right for any
+tokenizer and either padding side. Left padding also gets explicit position ids, so a
+padded row is scored exactly like the same row alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lucidml.editing.config import EvalConfig
+
+FEW_SHOT = "Q: What is the capital of France? A: Paris\n"
+
+
+def format_example(question: str, answer: str, context: str = "") -> tuple[str, int]:
+    """The scored text and the character offset where the answer starts."""
+    prompt = f"{context}Q: {question} A: "
+    return prompt + answer, len(prompt)
+
+
+def answer_mask(offsets: torch.Tensor, special: torch.Tensor, answer_start: int) -> torch.Tensor:
+    """Which tokens are answer tokens: not special, and ending after the answer starts.
+
+    ``offsets`` is (T, 2) character spans, ``special`` is (T,) with 1 for special tokens
+    and padding. A token like " Paris" whose span includes the space before the answer
+    still counts, while "A" and ":" end before the answer and do not.
+    """
+    return (offsets[:, 1] > answer_start) & (special == 0)
+
+
+def token_hits(
+    logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced accuracy per row and argmax predictions for every position.
+
+    Position j is predicted from the logits at j-1. ``mask`` marks answer tokens; rows
+    without any answer token score NaN. Returns (accuracy (B,), predictions (B, T-1)).
+    """
+    pred = logits[:, :-1].argmax(-1)
+    target, m = input_ids[:, 1:], mask[:, 1:]
+    hits = ((pred == target) & m).sum(-1).float()
+    return hits / m.sum(-1).float(), pred
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    answer_mask: torch.Tensor
+
+    def to(self, device) -> Batch:
+        return Batch(
+            *(
+                t.to(device)
+                for t in (self.input_ids, self.attention_mask, self.position_ids, self.answer_mask)
+            )
+        )
+
+
+def encode_texts(
+    tokenizer, texts: list[str], answer_starts: list[int], padding_side: str | None = None
+) -> Batch:
+    """Tokenise texts whose answers start at the given character offsets."""
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = padding_side or old_side
+    try:
+        enc = tokenizer(
+            list(texts),
+            return_tensors="pt",
+            padding=True,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
+    finally:
+        tokenizer.padding_side = old_side
+    special = enc["special_tokens_mask"] | (enc["attention_mask"] == 0).long()
+    mask = torch.stack(
+        [
+            answer_mask(enc["offset_mapping"][i], special[i], answer_starts[i])
+            for i in range(len(texts))
+        ]
+    )
+    attn = enc["attention_mask"]
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    return Batch(enc["input_ids"], attn, positions, mask)
+
+
+def encode(
+    tokenizer,
+    questions: list[str],
+    answers: list[str],
+    contexts: list[str],
+    padding_side: str | None = None,
+) -> Batch:
+    """Tokenise formatted examples, padded on ``padding_side`` (default: the tokenizer's)."""
+    texts, starts = zip(
+        *(format_example(q, a, c) for q, a, c in zip(questions, answers, contexts, strict=True)),
+        strict=True,
+    )
+    return encode_texts(tokenizer, list(texts), list(starts), padding_side)
+
+
+def _contexts(n: int, contexts: list[str] | None, few_shot: bool) -> list[str]:
+    if contexts is not None:
+        return list(contexts)
+    return [FEW_SHOT if few_shot else ""] * n
+
+
+@dataclass
+class Scores:
+    accuracy: list[float]
+    predictions: list[torch.Tensor]  # argmax ids at each example's answer positions
+
+
+@torch.no_grad()
+def score(
+    model,
+    tokenizer,
+    questions: list[str],
+    answers: list[str],
+    contexts: list[str] | None = None,
+    few_shot: bool = True,
+    batch_size: int = 16,
+    padding_side: str | None = None,
+) -> Scores:
+    """Teacher-forced token accuracy of each (question, answer) pair."""
+    ctx = _contexts(len(questions), contexts, few_shot)
+    device = next(model.parameters()).device
+    acc, preds = [], []
+    for i in range(0, len(questions), batch_size):
+        sl = slice(i, i + batch_size)
+        b = encode(tokenizer, questions[sl], answers[sl], ctx[sl], padding_side).to(device)
+        logits = model(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids
+        ).logits
+        a, p = token_hits(logits.float(), b.input_ids, b.answer_mask)
+        acc += a.tolist()
+        m = b.answer_mask[:, 1:]
+        preds += [p[j][m[j]].cpu() for j in range(len(p))]
+    return Scores(acc, preds)
+
+
+def token_accuracy(
+    model, tokenizer, question: str, answer: str, few_shot: bool = True, context: str | None = None
+) -> float:
+    """Teacher-forced token accuracy of ``answer`` after "Q: {question} A:" (in [0, 1])."""
+    ctx = None if context is None else [context]
+    return score(model, tokenizer, [question], [answer], ctx, few_shot).accuracy[0]
+
+
+@torch.no_grad()
+def exact_match(
+    model,
+    tokenizer,
+    question: str,
+    answer: str,
+    few_shot: bool = True,
+    context: str | None = None,
+    aliases: tuple[str, ...] = (),
+) -> bool:
+    """Greedy generation (at most |answer| + 8 tokens) starts with the answer or an alias."""
+    ctx = _contexts(1, None if context is None else [context], few_shot)[0]
+    prompt, _ = format_example(question, "", ctx)
+    enc = tokenizer(prompt.rstrip(), return_tensors="pt")
+    n = len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"]) + 8
+    device = next(model.parameters()).device
+    out = model.generate(
+        **{k: v.to(device) for k, v in enc.items()},
+        max_new_tokens=n,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    text = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    text = " ".join(text.split()).casefold()
+    return any(text.startswith(" ".join(a.split()).casefold()) for a in (answer, *aliases))
+
+
+def agreement(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """Share of answer positions whose argmax is the same before and after an edit."""
+    same = sum(int((a == b).sum()) for a, b in zip(before, after, strict=True))
+    total = sum(a.numel() for a in before)
+    return same / total if total else float("nan")
+
+
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def evaluate_records(
+    model,
+    tokenizer,
+    records: list[dict],
+    cfg: EvalConfig | None = None,
+    context_fn=None,
+    loc_reference: list[torch.Tensor] | None = None,
+) -> tuple[dict, dict]:
+    """WikiBigEdit metrics for one set of records.
+
+    ``context_fn(questions) -> list[str] | None`` lets an editor (RAG) put text before
+    each question. ``loc_reference`` are the locality predictions of the model before
+    the edits, for ``loc_agree``. Returns (metrics, details) where details holds the
+    per-record rewrite scores and the locality predictions.
+    """
+    cfg = cfg or EvalConfig()
+
+    def run(qs: list[str], ans: list[str]) -> Scores:
+        ctx = context_fn(qs) if context_fn is not None else None
+        return score(model, tokenizer, qs, ans, ctx, cfg.few_shot, cfg.batch_size)
+
+    ans = [r["ans"] for r in records]
+    rewrite = run([r["update"] for r in records], ans).accuracy
+    metrics = {"n": len(records), "rewrite": _mean(rewrite)}
+    with_reph = [r for r in records if r.get("rephrase")]
+    if with_reph:
+        metrics["rephrase"] = _mean(
+            run([r["rephrase"] for r in with_reph], [r["ans"] for r in with_reph]).accuracy
+        )
+    styles = sorted({s for r in records for s in (r.get("personas") or {})})
+    per_style = []
+    for style in styles:
+        rs = [r for r in records if style in (r.get("personas") or {})]
+        metrics[f"personas_{style}"] = _mean(
+            run([r["personas"][style] for r in rs], [r["ans"] for r in rs]).accuracy
+        )
+        per_style.append(metrics[f"personas_{style}"])
+    if per_style:
+        metrics["personas"] = _mean(per_style)
+    mh = [r for r in records if r.get("mhop")]
+    if mh:
+        metrics["mhop"] = _mean(run([r["mhop"] for r in mh], [r["mhop_ans"] for r in mh]).accuracy)
+    loc = [r for r in records if r.get("loc")]
+    loc_preds = []
+    if loc:
+        s = run([r["loc"] for r in loc], [r["loc_ans"] for r in loc])
+        metrics["loc_gold"], loc_preds = _mean(s.accuracy), s.predictions
+        if loc_reference is not None:
+            metrics["loc_agree"] = agreement(loc_reference, loc_preds)
+    if cfg.exact_match:
+        ctx = context_fn([r["update"] for r in records]) if context_fn else None
+        metrics["exact_match"] = _mean(
+            [
+                float(
+                    exact_match(
+                        model,
+                        tokenizer,
+                        r["update"],
+                        r["ans"],
+                        cfg.few_shot,
+                        None if ctx is None else ctx[i],
+                    )
+                )
+                for i, r in enumerate(records)
+            ]
+        )
+    return metrics, {"rewrite": rewrite, "loc_predictions": loc_preds}

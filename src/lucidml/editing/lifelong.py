@@ -1,0 +1,173 @@
+"""The lifelong loop: apply each timestep's edits in order, evaluating before and after.
+
+After timestep t the model is scored on that timestep's edits (rewrite, rephrase,
+personas, multi-hop, locality) and on a seeded sample of every earlier timestep's
+edits (retention), which fills the matrix R[t, t'] of rewrite accuracies.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+
+from lucidml.core.runs import Run, atomic_write_text
+from lucidml.editing.config import EvalConfig
+from lucidml.editing.evaluate import evaluate_records
+
+STATE_KEY = "state"
+
+
+def backward_transfer(R: list[list[float]]) -> float:
+    """BWT = mean over t' < T of R[T, t'] - R[t', t'], for the last timestep T."""
+    T = len(R) - 1
+    if T < 1:
+        return float("nan")
+    return sum(R[T][j] - R[j][j] for j in range(T)) / T
+
+
+def running_means(rows: list[dict], keys: list[str]) -> list[dict]:
+    """For each timestep, the mean of each metric over timesteps so far (NaNs skipped)."""
+    out = []
+    for t in range(len(rows)):
+        entry = {}
+        for k in keys:
+            vals = [
+                r[k] for r in rows[: t + 1] if isinstance(r.get(k), float) and not math.isnan(r[k])
+            ]
+            entry[k] = sum(vals) / len(vals) if vals else float("nan")
+        out.append(entry)
+    return out
+
+
+def past_sample(records: list[dict], past_max: int, seed: int, t: int) -> list[dict]:
+    if len(records) <= past_max:
+        return records
+    return random.Random(seed * 1000 + t).sample(records, past_max)
+
+
+def _weight_drift(model, initial: dict[str, torch.Tensor]) -> float:
+    total = 0.0
+    for name, p in model.named_parameters():
+        if name in initial:
+            total += float((p.detach() - initial[name]).double().pow(2).sum())
+    return math.sqrt(total)
+
+
+def _changed_params(model, initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if n in initial and not torch.equal(p.detach(), initial[n])
+    }
+
+
+def run_lifelong(
+    model,
+    tokenizer,
+    editor,
+    timesteps: list[list[dict]],
+    eval_cfg: EvalConfig | None = None,
+    run: Run | None = None,
+    skip_known: bool = False,
+    seed: int = 0,
+    progress=None,
+) -> dict:
+    """Run ``editor`` over the timesteps; checkpoints after each one when ``run`` is given.
+
+    With a ``run`` that already holds a checkpoint the loop resumes after the last
+    finished timestep. Returns per-timestep rows, running means, R and BWT.
+    """
+    eval_cfg = eval_cfg or EvalConfig()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows: list[dict] = []
+    R: list[list[float]] = []
+    start = 0
+    state = run.resume(STATE_KEY) if run is not None else None
+    if state is not None:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for name, value in state["model"].items():
+                params[name].copy_(value)
+        editor.load_state_dict(state["editor"])
+        rows, R, start = state["rows"], state["R"], state["next_timestep"]
+    for t in range(start, len(timesteps)):
+        records = timesteps[t]
+        pre, pre_details = evaluate_records(model, tokenizer, records, eval_cfg, editor.contexts)
+        to_apply = records
+        if skip_known:
+            to_apply = [r for r, a in zip(records, pre_details["rewrite"], strict=True) if a < 1]
+        began = time.perf_counter()
+        model = editor.apply(model, tokenizer, to_apply)
+        seconds = time.perf_counter() - began
+        post, _ = evaluate_records(
+            model,
+            tokenizer,
+            records,
+            eval_cfg,
+            editor.contexts,
+            loc_reference=pre_details["loc_predictions"],
+        )
+        R_row = []
+        for j in range(t):
+            sample = past_sample(timesteps[j], eval_cfg.past_max, seed, j)
+            m, _ = evaluate_records(
+                model,
+                tokenizer,
+                [{"update": r["update"], "ans": r["ans"]} for r in sample],
+                eval_cfg,
+                editor.contexts,
+            )
+            R_row.append(m["rewrite"])
+        R_row.append(post["rewrite"])
+        R.append(R_row)
+        past_n = [min(len(timesteps[j]), eval_cfg.past_max) for j in range(t)]
+        past = (
+            sum(r * n for r, n in zip(R_row[:t], past_n, strict=True)) / sum(past_n)
+            if t
+            else float("nan")
+        )
+        rows.append(
+            {
+                "timestep": t,
+                "n_edits": len(to_apply),
+                **post,
+                **{f"pre_{k}": v for k, v in pre.items() if k != "n"},
+                "past": past,
+                "seconds_per_edit": seconds / max(len(to_apply), 1),
+                "weight_drift": _weight_drift(model, initial),
+            }
+        )
+        if run is not None:
+            run.checkpoint(
+                STATE_KEY,
+                {
+                    "next_timestep": t + 1,
+                    "rows": rows,
+                    "R": R,
+                    "model": _changed_params(model, initial),
+                    "editor": editor.state_dict(),
+                },
+            )
+            atomic_write_text(run / "metrics.jsonl", "".join(_json_line(r) for r in rows))
+        if progress is not None:
+            progress(t, rows[-1])
+    keys = [k for k in rows[0] if k not in ("timestep", "n_edits")] if rows else []
+    return {
+        "timesteps": rows,
+        "running": running_means(rows, keys),
+        "R": R,
+        "bwt": backward_transfer(R),
+        "final": running_means(rows, keys)[-1] if rows else {},
+        "model": model,
+    }
+
+
+def _json_line(row: dict) -> str:
+    import json
+
+    from lucidml.core.runs import _to_jsonable
+
+    return json.dumps(row, default=_to_jsonable) + "\n"

@@ -1,0 +1,272 @@
+"""What ROME and MEMIT share: edit prompts, MLP keys, key covariance, target optimisation.
+
+The edit site of layer ``l`` is the MLP output projection (``down_proj`` in Llama):
+its input at the subject's last token is the key k, its output the value W k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lucidml.core.config import Config
+from lucidml.core.hooks import Site, capture, get_module, n_layers, patch
+from lucidml.editing.evaluate import FEW_SHOT, encode_texts, format_example
+from lucidml.errors import ModelError
+
+
+class LocateConfig(Config):
+    module: str = "model.layers.{}.mlp.down_proj"
+    v_steps: int = 25
+    v_lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    # Prefixes the edit must hold under; the reference samples ten short model generations.
+    prefixes: list[str] = [FEW_SHOT, ""]
+    corpus: str | None = None  # text file for the key covariance; None = bundled prose
+    corpus_tokens: int = 8000  # reference: 100k Wikipedia samples
+    stats_dir: str | None = None  # None = $LUCID_HOME/editing/stats
+    seed: int = 0
+
+
+def edit_module(model, cfg: LocateConfig, layer: int) -> str:
+    """The name of layer ``layer``'s edit module, checked to exist."""
+    n = n_layers(model)
+    if not 0 <= layer < n:
+        raise ModelError(
+            f"{type(model).__name__} has no layer {layer} to edit (it has layers 0..{n - 1})"
+        )
+    name = cfg.module.format(layer)
+    if not isinstance(get_module(model, name), torch.nn.Linear):
+        raise ModelError(f"module '{name}' of {type(model).__name__} is not a linear layer")
+    return name
+
+
+def subject_char_end(question: str, subject: str | None) -> int:
+    """Character end of the subject in the question, or the question's end if absent."""
+    if subject:
+        at = question.casefold().rfind(subject.casefold())
+        if at >= 0:
+            return at + len(subject)
+    return len(question.rstrip(" ?"))
+
+
+@dataclass
+class EditBatch:
+    """Right-padded rows with the subject's last token per row.
+
+    Edit rows are "prefix Q: question A: answer" (answer tokens marked); with
+    ``kl_row`` a last row "{subject} is a" carries the locality (KL) prompt.
+    """
+
+    inputs: object  # evaluate.Batch
+    labels: torch.Tensor
+    subject_pos: torch.Tensor  # (B,)
+    kl_last: int | None = None  # last token of the KL row
+
+
+def _last_token_before(offsets, end: int) -> int:
+    return [i for i, (s, e) in enumerate(offsets) if e > s and s < end][-1]
+
+
+def edit_batch(
+    tokenizer, record: dict, prefixes: list[str], device="cpu", kl_row: bool = False
+) -> EditBatch:
+    q, a = record["update"], record["ans"]
+    subject_end = subject_char_end(q, record.get("subject"))
+    texts, starts, ends = [], [], []
+    for p in prefixes:
+        text, start = format_example(q, a, p)
+        texts.append(text)
+        starts.append(start)
+        ends.append(len(p) + 3 + subject_end)
+    if kl_row:
+        subject = record.get("subject") or q[:subject_end]
+        texts.append(f"{subject} is a")
+        starts.append(len(texts[-1]))
+        ends.append(len(subject))
+    b = encode_texts(tokenizer, texts, starts, "right")
+    # unpadded offsets index the right-padded rows directly
+    offsets = tokenizer(texts, return_offsets_mapping=True)["offset_mapping"]
+    pos = [_last_token_before(o, e) for o, e in zip(offsets, ends, strict=True)]
+    labels = b.input_ids.masked_fill(~b.answer_mask, -100)
+    return EditBatch(
+        b.to(device),
+        labels.to(device),
+        torch.tensor(pos, device=device),
+        len(offsets[-1]) - 1 if kl_row else None,
+    )
+
+
+def _forward(model, b):
+    return model(
+        input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids
+    )
+
+
+def keys_at(model, module: str, eb: EditBatch) -> torch.Tensor:
+    """Mean input of ``module`` at the subject's last token over the batch rows (d_in,)."""
+    with torch.no_grad(), capture(model, [Site(module, pre=True)]) as acts:
+        _forward(model, eb.inputs)
+    k = acts[Site(module, pre=True)]
+    return k[torch.arange(len(k)), eb.subject_pos].mean(0)
+
+
+def outputs_at(model, module: str, eb: EditBatch) -> torch.Tensor:
+    """Mean output of ``module`` at the subject's last token (d_out,)."""
+    with torch.no_grad(), capture(model, [module]) as acts:
+        _forward(model, eb.inputs)
+    h = acts[module]
+    return h[torch.arange(len(h)), eb.subject_pos].mean(0)
+
+
+def optimize_delta(
+    model, tokenizer, record: dict, module: str, cfg: LocateConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """delta added to ``module``'s output at the subject token so the model says the answer.
+
+    Loss: answer NLL over the prefixed prompts + kl_factor * KL to the unedited
+    next-token distribution after "{subject} is a" + weight_decay * |delta|^2/|h|^2,
+    with |delta| clamped to clamp_norm_factor * |h|. One forward pass per step carries
+    the edit rows and the KL row. Returns (h, delta), h the unedited output at the
+    subject token (mean over the prefixed prompts).
+    """
+    device = next(model.parameters()).device
+    eb = edit_batch(tokenizer, record, cfg.prefixes, device, kl_row=True)
+    n = len(cfg.prefixes)
+    with torch.no_grad(), capture(model, [module]) as acts:
+        base_logits = _forward(model, eb.inputs).logits
+    rows = torch.arange(n + 1, device=device)
+    h = acts[module][rows[:n], eb.subject_pos[:n]].mean(0)
+    base_logp = torch.log_softmax(base_logits[n, eb.kl_last].float(), -1)
+    delta = torch.zeros_like(h, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=cfg.v_lr)
+    max_norm = cfg.clamp_norm_factor * h.norm()
+    labels, m = eb.labels[:n, 1:], eb.labels[:n, 1:] != -100
+
+    def add_delta(x):
+        x = x.clone()
+        x[rows, eb.subject_pos] += delta
+        return x
+
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for _ in range(cfg.v_steps):
+            with patch(model, module, add_delta):
+                logits = _forward(model, eb.inputs).logits
+            logp = torch.log_softmax(logits[:n, :-1].float(), -1)
+            tok_lp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            nll = -((tok_lp * m).sum(-1) / m.sum(-1)).mean()
+            if nll.item() < 5e-2:
+                break
+            kl_logp = torch.log_softmax(logits[n, eb.kl_last].float(), -1)
+            kl = torch.nn.functional.kl_div(kl_logp, base_logp, log_target=True, reduction="sum")
+            loss = nll + cfg.kl_factor * kl + cfg.weight_decay * delta.norm() ** 2 / h.norm() ** 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                if delta.norm() > max_norm:
+                    delta.mul_(max_norm / delta.norm())
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return h, delta.detach()
+
+
+def bundled_corpus() -> list[str]:
+    """English prose available offline: scikit-learn's dataset descriptions."""
+    from importlib import resources
+
+    folder = resources.files("sklearn.datasets").joinpath("descr")
+    texts = [
+        f.read_text()
+        for f in sorted(folder.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".rst")
+    ]
+    return [p.strip() for t in texts for p in t.split("\n\n") if len(p.split()) > 8]
+
+
+def read_corpus(path: str | None) -> list[str]:
+    if path is None:
+        return bundled_corpus()
+    from lucidml.errors import require_file
+
+    text = require_file(path, "corpus file").read_text()
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def key_covariance(
+    model, tokenizer, modules: list[str], texts: list[str], max_tokens: int, window: int = 128
+) -> dict[str, torch.Tensor]:
+    """C = E[k k^T] of each module's input over the corpus tokens (float64).
+
+    The forward pass stops after the deepest requested module, so early layers are cheap.
+    """
+    device = next(model.parameters()).device
+    sums = {m: None for m in modules}
+    count = 0
+    last = max(modules, key=lambda m: [int(x) for x in m.split(".") if x.isdigit()])
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"][:max_tokens]
+
+    def stop(*_):
+        raise _Stop
+
+    handle = get_module(model, last).register_forward_hook(stop)
+    try:
+        for i in range(0, len(ids), window):
+            chunk = torch.tensor([ids[i : i + window]], device=device)
+            sites = [Site(m, pre=True) for m in modules]
+            with capture(model, sites) as acts, contextlib.suppress(_Stop):
+                model(input_ids=chunk)
+            for m in modules:
+                k = acts[Site(m, pre=True)][0].double()
+                s = k.T @ k
+                sums[m] = s if sums[m] is None else sums[m] + s
+            count += chunk.shape[1]
+    finally:
+        handle.remove()
+    return {m: (s / count).cpu() for m, s in sums.items()}
+
+
+def _fingerprint(model, modules: list[str], corpus: list[str], max_tokens: int) -> str:
+    h = hashlib.sha256()
+    h.update(
+        repr((type(model).__name__, model.config.to_json_string(), modules, max_tokens)).encode()
+    )
+    h.update("\n".join(corpus).encode())
+    for name, p in sorted(model.named_parameters())[:4]:
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_covariance(
+    model, tokenizer, modules: list[str], cfg: LocateConfig
+) -> dict[str, torch.Tensor]:
+    """key_covariance, cached as safetensors by model fingerprint, modules and corpus."""
+    from safetensors.torch import load_file, save
+
+    from lucidml.core.runs import atomic_write_bytes
+    from lucidml.core.zoo import lucid_home
+
+    corpus = read_corpus(cfg.corpus)
+    folder = Path(cfg.stats_dir) if cfg.stats_dir else lucid_home() / "editing" / "stats"
+    path = folder / f"cov-{_fingerprint(model, modules, corpus, cfg.corpus_tokens)}.safetensors"
+    if path.is_file():
+        return load_file(path)
+    cov = key_covariance(model, tokenizer, modules, corpus, cfg.corpus_tokens)
+    atomic_write_bytes(path, save({m: c.contiguous() for m, c in cov.items()}))
+    return cov

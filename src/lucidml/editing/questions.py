@@ -1,0 +1,169 @@
+"""Questions for a fact: per-relation templates, rephrasings, personas, acceptance filters.
+
+Templates are deterministic. An optional ``QuestionLLM`` (any callable from a prompt to
+text) may propose rephrasings and persona questions; a proposal is kept only when it
+passes the same acceptance filter as the templates, otherwise the template stands.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from lucidml.errors import InputError
+
+QuestionLLM = Callable[[str], str]
+
+PERSONAS = {
+    "detective": "As a detective piecing the facts together, I need to know: {q}",
+    "casual": "Hey, quick question: {q}",
+    "pirate": "Arr, matey! Tell this old sea dog: {q}",
+    "philosopher": "Pondering the order of the world, one must ask: {q}",
+    "caveman": "Me want know thing. {q}",
+}
+_FALLBACK = {
+    "question": "What is the {relation} of {subject}?",
+    "rephrase": "Tell me the {relation} of {subject}.",
+    "bridge": "the {relation} of {subject}",
+}
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.casefold())
+
+
+def acceptable(question: str, subject: str, answer: str, obj: str | None = None) -> bool:
+    """The reference acceptance filter for a generated question.
+
+    Non-empty; contains every word of the subject; the answer's words come from the
+    object label (``obj``, default the answer itself); the answer is not in the question.
+    """
+    q = question.strip()
+    if not q or not answer.strip():
+        return False
+    qwords = set(words(q))
+    if not set(words(subject)) <= qwords:
+        return False
+    if not set(words(answer)) <= set(words(obj if obj is not None else answer)):
+        return False
+    return answer.casefold() not in q.casefold()
+
+
+class Templates:
+    """Per-relation question templates with a generic fallback built from the relation label."""
+
+    def __init__(self, table: dict[str, dict[str, str]]):
+        self.table = table
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Templates:
+        """The bundled table, or a JSON file mapping relation ids to template fields."""
+        if path is None:
+            text = resources.files("lucidml.editing").joinpath("data/templates.json").read_text()
+            source = "bundled templates"
+        else:
+            p = Path(path)
+            if not p.is_file():
+                raise InputError(f"template file {p} does not exist")
+            text, source = p.read_text(), f"template file {p}"
+        try:
+            table = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source} is not valid JSON (line {exc.lineno})") from None
+        if not isinstance(table, dict):
+            raise InputError(f"{source} must map relation ids to template objects")
+        for pid, entry in table.items():
+            if not re.fullmatch(r"P\d+", pid):
+                raise InputError(f"{source}: '{pid}' is not a relation id like P6")
+            if not isinstance(entry, dict) or "{subject}" not in entry.get("question", ""):
+                raise InputError(
+                    f"{source}: relation {pid} needs a 'question' containing '{{subject}}'"
+                )
+        return cls(table)
+
+    def _field(self, relation_id: str, field: str, relation: str | None) -> str:
+        entry = self.table.get(relation_id)
+        if entry is not None and field in entry:
+            return entry[field]
+        if entry is not None and field == "rephrase":
+            return entry["question"]
+        if not relation:
+            raise InputError(
+                f"no question template for relation {relation_id} and no "
+                "relation label to build one from"
+            )
+        return _FALLBACK[field].replace("{relation}", relation)
+
+    def question(self, relation_id: str, subject: str, relation: str | None = None) -> str:
+        return self._field(relation_id, "question", relation).format(subject=subject)
+
+    def rephrase(self, relation_id: str, subject: str, relation: str | None = None) -> str:
+        return self._field(relation_id, "rephrase", relation).format(subject=subject)
+
+    def bridge(self, relation_id: str, subject: str, relation: str | None = None) -> str:
+        return self._field(relation_id, "bridge", relation).format(subject=subject)
+
+
+def personas(question: str) -> dict[str, str]:
+    return {style: wrap.format(q=question) for style, wrap in PERSONAS.items()}
+
+
+def propose(
+    llm: QuestionLLM | None, instruction: str, fallback: str, subject: str, answer: str
+) -> tuple[str, bool]:
+    """The LLM's question if it passes the acceptance filter, else the fallback.
+
+    Returns (question, came_from_llm).
+    """
+    if llm is not None:
+        text = llm(instruction).strip().splitlines()
+        candidate = text[0].strip() if text else ""
+        if acceptable(candidate, subject, answer):
+            return candidate, True
+    return fallback, False
+
+
+def rephrase_instruction(question: str) -> str:
+    return (
+        "Rewrite the question in different words. Keep every name exactly as written "
+        f"and do not answer it.\nQuestion: {question}\nRewritten question:"
+    )
+
+
+def persona_instruction(question: str, style: str) -> str:
+    return (
+        f"Rewrite the question as a {style} would ask it. Keep every name exactly as "
+        f"written and do not answer it.\nQuestion: {question}\nRewritten question:"
+    )
+
+
+class TransformersQuestionLLM:
+    """A QuestionLLM over any transformers causal LM (greedy decoding, chat template if any)."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 40, name: str = "llm"):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.name = max_new_tokens, name
+
+    def __call__(self, prompt: str) -> str:
+        import torch
+
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = prompt
+        enc = tok(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+        return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -1,0 +1,283 @@
+"""Wikidata snapshots: a streaming dump parser and a DuckDB diff of two snapshots.
+
+A parsed snapshot is a folder with ``triples.parquet`` (subject, property, object, rank)
+and ``labels.parquet`` (id, label: English labels of items and properties).
+Only *main* claims count: item-valued value snaks whose rank is not deprecated.
+Qualifiers and references are never read.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+import pandas as pd
+
+from lucidml.errors import InputError
+
+TRIPLES = "triples.parquet"
+LABELS = "labels.parquet"
+KINDS = ("new", "update", "added")
+_CHUNK_LINES = 2000
+
+
+def _open_text(path: Path):
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
+    return opener(path, "rt", encoding="utf-8")
+
+
+def main_claims(entity: dict, best_rank: bool = True) -> list[tuple[str, str, str, str]]:
+    """(subject, property, object, rank) for each item-valued main claim of one entity.
+
+    Deprecated statements and somevalue/novalue snaks are dropped. With ``best_rank``
+    a property that has preferred statements keeps only those (Wikidata's "truthy" rule).
+    """
+    subject = entity.get("id", "")
+    out = []
+    for prop, statements in (entity.get("claims") or {}).items():
+        kept = []
+        for st in statements:
+            snak = st.get("mainsnak") or {}
+            rank = st.get("rank", "normal")
+            if rank == "deprecated" or snak.get("snaktype") != "value":
+                continue
+            value = (snak.get("datavalue") or {}).get("value")
+            if not isinstance(value, dict) or value.get("entity-type") != "item":
+                continue
+            obj = value.get("id") or f"Q{value.get('numeric-id')}"
+            kept.append((subject, prop, obj, rank))
+        if best_rank and any(r == "preferred" for *_, r in kept):
+            kept = [t for t in kept if t[3] == "preferred"]
+        out += kept
+    return out
+
+
+def english_label(entity: dict) -> str | None:
+    return ((entity.get("labels") or {}).get("en") or {}).get("value")
+
+
+def _parse_lines(args: tuple[int, list[str], bool, bool]):
+    """Parse one chunk of dump lines; returns triples, labels and (line number, error) pairs."""
+    first_line, lines, best_rank, skip_errors = args
+    triples, labels, errors = [], [], []
+    for offset, raw in enumerate(lines):
+        line = raw.strip().rstrip(",")
+        if line in ("", "[", "]"):
+            continue
+        try:
+            entity = json.loads(line)
+            if not isinstance(entity, dict) or "id" not in entity:
+                raise ValueError("not an entity object with an 'id'")
+        except ValueError as exc:
+            errors.append((first_line + offset, str(exc).split(":")[0]))
+            if not skip_errors:
+                break
+            continue
+        triples += main_claims(entity, best_rank)
+        label = english_label(entity)
+        if label is not None:
+            labels.append((entity["id"], label))
+    return triples, labels, errors
+
+
+def _chunks(path: Path, best_rank: bool, skip_errors: bool) -> Iterator[tuple]:
+    with _open_text(path) as f:
+        line_no = 1
+        while True:
+            lines = list(islice(f, _CHUNK_LINES))
+            if not lines:
+                return
+            yield line_no, lines, best_rank, skip_errors
+            line_no += len(lines)
+
+
+def parse_dump(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    on_error: str = "stop",
+    processes: int = 1,
+    best_rank: bool = True,
+) -> dict:
+    """Parse a Wikidata JSON dump (plain, .gz or .bz2; one entity per line) into Parquet.
+
+    ``on_error="stop"`` raises on the first malformed line (naming its number) before
+    anything is written; ``"skip"`` skips such lines and reports them. ``processes > 1``
+    parses line chunks in worker processes. Returns counts and the skipped line numbers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"dump file {path} does not exist")
+    if on_error not in ("stop", "skip"):
+        raise InputError(f"on_error must be 'stop' or 'skip', got '{on_error}'")
+    skip = on_error == "skip"
+    triples, labels, errors = [], [], []
+    try:
+        if processes > 1:
+            with ProcessPoolExecutor(processes) as pool:
+                results = pool.map(_parse_lines, _chunks(path, best_rank, skip))
+                for t, lab, err in results:
+                    triples += t
+                    labels += lab
+                    errors += err
+                    if err and not skip:
+                        break
+        else:
+            for t, lab, err in map(_parse_lines, _chunks(path, best_rank, skip)):
+                triples += t
+                labels += lab
+                errors += err
+                if err and not skip:
+                    break
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read dump file {path}: {exc}") from None
+    if errors and not skip:
+        line, why = errors[0]
+        raise InputError(
+            f"dump file {path} line {line} is not a valid entity JSON object "
+            f"({why}); pass on_error='skip' (--skip-bad-lines) to skip such lines"
+        )
+    write_snapshot(out_dir, triples, labels)
+    return {
+        "triples": len(triples),
+        "labels": len(labels),
+        "skipped_lines": [line for line, _ in errors],
+    }
+
+
+def write_snapshot(out_dir: str | Path, triples: list[tuple], labels: list[tuple]) -> Path:
+    """Write triples and labels as Parquet (each file atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t = pd.DataFrame(triples, columns=["subject", "property", "object", "rank"])
+    lab = pd.DataFrame(labels, columns=["id", "label"]).drop_duplicates("id")
+    for frame, name in ((t, TRIPLES), (lab, LABELS)):
+        tmp = out / f".{name}.tmp"
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, out / name)
+    return out
+
+
+def _snapshot_file(folder: str | Path, name: str) -> str:
+    p = Path(folder) / name
+    if not p.is_file():
+        raise InputError(
+            f"{folder} is not a parsed snapshot: {name} is missing "
+            "(run `lucid editing parse` first)"
+        )
+    return str(p)
+
+
+def read_labels(*folders: str | Path) -> dict[str, str]:
+    """Labels of one or more snapshots; later folders win."""
+    out: dict[str, str] = {}
+    for folder in folders:
+        df = pd.read_parquet(_snapshot_file(folder, LABELS))
+        out.update(zip(df["id"], df["label"], strict=True))
+    return out
+
+
+_DIFF_SQL = """
+WITH o AS (SELECT DISTINCT subject, property, object FROM read_parquet($old)),
+     n AS (SELECT DISTINCT subject, property, object FROM read_parquet($new)),
+     both_subjects AS (SELECT subject FROM o INTERSECT SELECT subject FROM n),
+     old_props AS (SELECT DISTINCT subject, property FROM o),
+     removed AS (SELECT * FROM o EXCEPT SELECT * FROM n),
+     added AS (SELECT * FROM (SELECT * FROM n EXCEPT SELECT * FROM o)
+               SEMI JOIN both_subjects USING (subject)),
+     removed_sp AS (SELECT subject, property, count(*) AS k, min(object) AS object
+                    FROM removed GROUP BY ALL),
+     added_sp AS (SELECT subject, property, count(*) AS k, min(object) AS object
+                  FROM added GROUP BY ALL)
+SELECT a.subject, a.property, NULL::VARCHAR AS old_object, a.object AS new_object,
+       'new' AS kind
+FROM added a ANTI JOIN old_props p USING (subject, property)
+UNION ALL
+SELECT a.subject, a.property, r.object, a.object, 'update'
+FROM added_sp a JOIN removed_sp r USING (subject, property)
+WHERE a.k = 1 AND r.k = 1
+UNION ALL
+SELECT a.subject, a.property, NULL, a.object, 'added'
+FROM added a SEMI JOIN old_props USING (subject, property)
+ANTI JOIN removed_sp r USING (subject, property)
+"""
+
+
+def _check_kinds(kinds) -> tuple[str, ...]:
+    kinds = tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise InputError(f"unknown diff kind '{bad[0]}': expected one of {', '.join(KINDS)}")
+    return kinds
+
+
+def diff(
+    old_dir: str | Path, new_dir: str | Path, kinds: tuple[str, ...] = ("new", "update")
+) -> pd.DataFrame:
+    """Changed facts between two parsed snapshots, computed with DuckDB.
+
+    For subjects present in both: ``new`` (the property was absent before), ``update``
+    (exactly one object removed and one added for the (subject, property)), ``added``
+    (objects only added to an existing property). Larger changes are ambiguous and left
+    out. Columns: subject, property, old_object, new_object, kind.
+    """
+    import duckdb
+
+    kinds = _check_kinds(kinds)
+    params = {"old": _snapshot_file(old_dir, TRIPLES), "new": _snapshot_file(new_dir, TRIPLES)}
+    with duckdb.connect() as con:
+        df = con.execute(_DIFF_SQL, params).df()
+    df = df[df["kind"].isin(kinds)]
+    return df.sort_values(["subject", "property", "new_object"]).reset_index(drop=True)
+
+
+def diff_pandas(
+    old: pd.DataFrame, new: pd.DataFrame, kinds: tuple[str, ...] = ("new", "update")
+) -> pd.DataFrame:
+    """The same diff with pandas merges (the reference for tests and the benchmark baseline)."""
+    kinds = _check_kinds(kinds)
+    cols = ["subject", "property", "object"]
+    o, n = old[cols].drop_duplicates(), new[cols].drop_duplicates()
+    both = set(o["subject"]) & set(n["subject"])
+    m = o.merge(n, on=cols, how="outer", indicator=True)
+    removed = m[m["_merge"] == "left_only"][cols]
+    added = m[(m["_merge"] == "right_only") & m["subject"].isin(both)][cols]
+    old_sp = o[["subject", "property"]].drop_duplicates()
+    added = added.merge(old_sp, on=["subject", "property"], how="left", indicator="had")
+    sp = ["subject", "property"]
+    rem_n = removed.groupby(sp)["object"].agg(["size", "min"]).reset_index()
+    add_n = added.groupby(sp)["object"].agg(["size", "min"]).reset_index()
+    new = added[added["had"] == "left_only"][cols].rename(columns={"object": "new_object"})
+    new = new.assign(old_object=None, kind="new")
+    upd = add_n.merge(rem_n, on=sp, suffixes=("_a", "_r"))
+    upd = upd[(upd["size_a"] == 1) & (upd["size_r"] == 1)]
+    upd = upd.rename(columns={"min_r": "old_object", "min_a": "new_object"}).assign(kind="update")
+    add = added[added["had"] == "both"]
+    add = add[~add.set_index(sp).index.isin(rem_n.set_index(sp).index)]
+    add = add[cols].rename(columns={"object": "new_object"}).assign(old_object=None, kind="added")
+    out_cols = ["subject", "property", "old_object", "new_object", "kind"]
+    df = pd.concat([new[out_cols], upd[out_cols], add[out_cols]], ignore_index=True)
+    df = df[df["kind"].isin(kinds)]
+    return df.sort_values(["subject", "property", "new_object"]).reset_index(drop=True)
+
+
+def unchanged(old_dir: str | Path, new_dir: str | Path) -> pd.DataFrame:
+    """Triples (subject, property, object) present in both snapshots."""
+    import duckdb
+
+    sql = """SELECT DISTINCT subject, property, object FROM read_parquet($old)
+             INTERSECT SELECT DISTINCT subject, property, object FROM read_parquet($new)
+             ORDER BY ALL"""
+    params = {"old": _snapshot_file(old_dir, TRIPLES), "new": _snapshot_file(new_dir, TRIPLES)}
+    with duckdb.connect() as con:
+        return con.execute(sql, params).df()
+
+
+def read_triples(folder: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(_snapshot_file(folder, TRIPLES))

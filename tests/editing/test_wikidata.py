@@ -1,0 +1,181 @@
+import bz2
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import entity, prop_entity, snak, statement, write_dump
+
+from lucidml.editing import wikidata
+from lucidml.errors import InputError
+
+
+def _rich_entity():
+    """One item with every kind of statement that must NOT become a fact, plus two that must."""
+    main = statement("P6", "Q2")
+    main["qualifiers"] = {"P1365": [snak("P1365", "Q9")]}  # item-valued qualifier
+    main["references"] = [{"snaks": {"P248": [snak("P248", "Q8")]}}]
+    claims = {
+        "P6": [main],
+        "P35": [statement("P35", "Q3", rank="deprecated")],
+        "P36": [
+            statement("P36", None, snaktype="novalue"),
+            statement("P36", None, snaktype="somevalue"),
+        ],
+        "P1082": [
+            statement(
+                "P1082",
+                None,
+                datatype="quantity",
+                value={"type": "quantity", "value": {"amount": "+5"}},
+            )
+        ],
+        "P17": [statement("P17", "Q4"), statement("P17", "Q5", rank="preferred")],
+    }
+    return entity("Q1", "Freedonia", claims)
+
+
+def test_main_claims_only(tmp_path):
+    dump = write_dump(
+        tmp_path / "d.json",
+        [_rich_entity(), entity("Q2", "Rufus"), prop_entity("P6", "head of government")],
+    )
+    stats = wikidata.parse_dump(dump, tmp_path / "snap")
+    t = wikidata.read_triples(tmp_path / "snap")
+    got = sorted(zip(t["subject"], t["property"], t["object"], t["rank"], strict=True))
+    # preferred rank wins for P17; qualifiers, references, deprecated, novalue, quantity: nothing
+    assert got == [("Q1", "P17", "Q5", "preferred"), ("Q1", "P6", "Q2", "normal")]
+    assert wikidata.read_labels(tmp_path / "snap") == {
+        "Q1": "Freedonia",
+        "Q2": "Rufus",
+        "P6": "head of government",
+    }
+    assert stats == {"triples": 2, "labels": 3, "skipped_lines": []}
+
+    wikidata.parse_dump(dump, tmp_path / "all", best_rank=False)
+    t = wikidata.read_triples(tmp_path / "all")
+    assert sorted(t[t["property"] == "P17"]["object"]) == ["Q4", "Q5"]
+
+
+@pytest.mark.parametrize("opener,suffix", [(gzip.open, ".gz"), (bz2.open, ".bz2")])
+def test_compressed_dumps(tmp_path, opener, suffix):
+    plain = write_dump(tmp_path / "d.json", [_rich_entity()])
+    packed = tmp_path / f"d.json{suffix}"
+    with opener(packed, "wt") as f:
+        f.write(plain.read_text())
+    wikidata.parse_dump(plain, tmp_path / "a")
+    wikidata.parse_dump(packed, tmp_path / "b")
+    pd.testing.assert_frame_equal(
+        wikidata.read_triples(tmp_path / "a"), wikidata.read_triples(tmp_path / "b")
+    )
+
+
+def test_malformed_line_stop_or_skip(tmp_path):
+    dump = tmp_path / "bad.json"
+    dump.write_text('[\n{"id": "Q1", "claims": {}},\n{"id": "Q2", "cla\n{"id": "Q3"}\n]\n')
+    with pytest.raises(InputError, match="line 3"):
+        wikidata.parse_dump(dump, tmp_path / "stop")
+    assert not (tmp_path / "stop").exists()  # nothing half-written
+    stats = wikidata.parse_dump(dump, tmp_path / "skip", on_error="skip")
+    assert stats["skipped_lines"] == [3]
+
+
+def test_processes_give_the_same_triples(tmp_path, monkeypatch):
+    monkeypatch.setattr(wikidata, "_CHUNK_LINES", 7)
+    ents = [
+        entity(f"Q{i}", f"item {i}", {"P1": [statement("P1", f"Q{i + 1}")]}) for i in range(1, 40)
+    ]
+    dump = write_dump(tmp_path / "d.json", ents)
+    wikidata.parse_dump(dump, tmp_path / "one")
+    wikidata.parse_dump(dump, tmp_path / "two", processes=2)
+    pd.testing.assert_frame_equal(
+        wikidata.read_triples(tmp_path / "one"), wikidata.read_triples(tmp_path / "two")
+    )
+
+
+def _snap(tmp_path, name, triples):
+    wikidata.write_snapshot(tmp_path / name, [(*t, "normal") for t in triples], [])
+    return tmp_path / name
+
+
+def test_diff_cases(tmp_path):
+    old = _snap(
+        tmp_path,
+        "old",
+        [
+            ("S1", "P1", "A"),  # update A -> B
+            ("S2", "P1", "A"),  # unchanged
+            ("S3", "P1", "A"),
+            ("S3", "P1", "B"),  # ambiguous: two removed, two added
+            ("S4", "P1", "A"),  # added: A stays, C joins
+            ("S5", "P2", "X"),  # S5 gains P1 -> new
+        ],
+    )
+    new = _snap(
+        tmp_path,
+        "new",
+        [
+            ("S1", "P1", "B"),
+            ("S2", "P1", "A"),
+            ("S3", "P1", "C"),
+            ("S3", "P1", "D"),
+            ("S4", "P1", "A"),
+            ("S4", "P1", "C"),
+            ("S5", "P2", "X"),
+            ("S5", "P1", "Y"),
+            ("S6", "P1", "Z"),  # subject absent before: not a change
+        ],
+    )
+    d = wikidata.diff(old, new, kinds=("new", "update", "added"))
+    got = sorted(map(tuple, d.fillna("-").to_numpy().tolist()))
+    assert got == [
+        ("S1", "P1", "A", "B", "update"),
+        ("S4", "P1", "-", "C", "added"),
+        ("S5", "P1", "-", "Y", "new"),
+    ]
+    assert list(wikidata.diff(old, new).columns) == [
+        "subject",
+        "property",
+        "old_object",
+        "new_object",
+        "kind",
+    ]
+    assert set(wikidata.diff(old, new)["kind"]) == {"new", "update"}
+    same = wikidata.unchanged(old, new)
+    assert sorted(map(tuple, same.to_numpy().tolist())) == [
+        ("S2", "P1", "A"),
+        ("S4", "P1", "A"),
+        ("S5", "P2", "X"),
+    ]
+
+
+def test_duckdb_diff_equals_pandas_on_random_snapshots(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 10_000
+    old = pd.DataFrame(
+        {
+            "subject": [f"Q{i}" for i in rng.integers(0, 3000, n)],
+            "property": [f"P{i}" for i in rng.integers(0, 5, n)],
+            "object": [f"Q{i}" for i in rng.integers(0, 500, n)],
+        }
+    )
+    new = old.copy()
+    churn = rng.random(n) < 0.1
+    new.loc[churn, "object"] = [f"Q{i}" for i in rng.integers(0, 500, churn.sum())]
+    extra = old.sample(300, random_state=2)
+    extra = extra.assign(object=[f"Q{i}" for i in rng.integers(500, 900, len(extra))])
+    new = pd.concat([new, old.sample(300, random_state=1).assign(property="P9"), extra])
+    for name, df in (("o", old), ("n", new)):
+        _snap(tmp_path, name, list(df.itertuples(index=False, name=None)))
+    kinds = ("new", "update", "added")
+    fast = wikidata.diff(tmp_path / "o", tmp_path / "n", kinds)
+    slow = wikidata.diff_pandas(old, new, kinds)
+    assert len(fast) > 500 and set(fast["kind"]) == set(kinds)
+    pd.testing.assert_frame_equal(fast.fillna("-"), slow.fillna("-"), check_dtype=False)
+
+
+def test_snapshot_folder_checked(tmp_path):
+    with pytest.raises(InputError, match="not a parsed snapshot"):
+        wikidata.diff(tmp_path, tmp_path)
+    with pytest.raises(InputError, match="unknown diff kind"):
+        wikidata.diff_pandas(pd.DataFrame(), pd.DataFrame(), kinds=("removed",))
