@@ -10,7 +10,7 @@ from lucidml.cli import main
 from lucidml.core.digits_clip import TEMPLATES
 from lucidml.uncertainty import ActiveConfig, BayesVLM, FinetuneConfig, PredictConfig, data
 from lucidml.uncertainty import active as al
-from lucidml.uncertainty.api import score_zero_shot
+from lucidml.uncertainty.evaluation import score
 from lucidml.uncertainty.towers import image_inputs, text_inputs
 
 
@@ -32,7 +32,7 @@ def test_bayesvlm_is_better_calibrated_on_shifted_digits(fitted, digits_clip, di
     bvlm, cls = fitted
     for shift in ("noise", "rotate"):
         x, y = data.read_images(f"digits-{shift}")
-        scores = score_zero_shot(bvlm, image_inputs(digits_clip, x), y, cls, PredictConfig())
+        scores = score(bvlm, image_inputs(digits_clip, x), y, cls, PredictConfig())
         m, b = scores["map"], scores["bayesvlm"]
         assert abs(m["acc"] - b["acc"]) <= 0.01
         assert b["nlpd"] < m["nlpd"] and b["ece"] < m["ece"]

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lucidml.core import metrics
 from lucidml.errors import InputError
 from lucidml.uncertainty import acquisition
-from lucidml.uncertainty.config import ActiveConfig, FinetuneConfig
+from lucidml.uncertainty.config import ActiveConfig, FinetuneConfig, PredictConfig
+from lucidml.uncertainty.evaluation import flat_score
 from lucidml.uncertainty.model import BayesVLM
 from lucidml.uncertainty.towers import TowerInputs
 
@@ -152,24 +152,6 @@ def _float(x: torch.Tensor | None) -> torch.Tensor | None:
     return None if x is None else x.float()
 
 
-def evaluate(
-    bvlm: BayesVLM,
-    images: TowerInputs,
-    labels: torch.Tensor,
-    classes: TowerInputs,
-    ece_bins: int = 20,
-) -> dict[str, float]:
-    """Accuracy, NLPD, ECE and Brier of MAP and probit predictions on labelled images."""
-    out = {}
-    for name, map_estimate in (("map", True), ("probit", False)):
-        probs = bvlm.logits(images, classes, map_estimate=map_estimate).probs("probit")
-        out[f"{name}_acc"] = metrics.accuracy(probs, labels)
-        out[f"{name}_nlpd"] = metrics.nll(probs, labels)
-        out[f"{name}_ece"] = metrics.ece(probs, labels, ece_bins)
-        out[f"{name}_brier"] = metrics.brier(probs, labels)
-    return out
-
-
 def with_image_weight(bvlm: BayesVLM, weight: torch.Tensor) -> BayesVLM:
     """A view of ``bvlm`` whose image projection uses ``weight``; the posterior is kept."""
     tuned = copy.copy(bvlm)
@@ -187,13 +169,13 @@ def budget_curve(
     budgets: list[int],
     config: ActiveConfig | None = None,
     seeds: int = 1,
-    ece_bins: int = 20,
+    predict: PredictConfig | None = None,
 ) -> list[dict]:
     """For each budget: select, tune on the support set, evaluate on the labelled targets.
     One selection at the largest budget serves all smaller ones (the ranking is nested).
     Validation items for the best epoch come from the pool, outside every support set."""
     config = config or ActiveConfig()
-    rows = [{"budget": 0, "seed": 0, **evaluate(bvlm, targets, target_y, classes, ece_bins)}]
+    rows = [{"budget": 0, "seed": 0, **flat_score(bvlm, targets, target_y, classes, predict)}]
     for seed in range(seeds):
         cfg = config.updated(budget=max(budgets), seed=config.seed + seed)
         picks = select(bvlm, pool, targets, classes, cfg)
@@ -214,6 +196,6 @@ def budget_curve(
                 cfg.finetune,
                 seed=cfg.seed,
             )
-            scores = evaluate(with_image_weight(bvlm, w), targets, target_y, classes, ece_bins)
+            scores = flat_score(with_image_weight(bvlm, w), targets, target_y, classes, predict)
             rows.append({"budget": k, "seed": cfg.seed, **scores})
     return rows

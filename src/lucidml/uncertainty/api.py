@@ -11,17 +11,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lucidml.core import metrics
 from lucidml.core.digits_clip import TEMPLATES
 from lucidml.core.report import Report
 from lucidml.core.runs import Run, atomic_write_bytes, write_json
 from lucidml.uncertainty import active as al
-from lucidml.uncertainty import data, plots
+from lucidml.uncertainty import data, evaluation, plots
 from lucidml.uncertainty.config import ActiveConfig, FinetuneConfig, PosteriorConfig, PredictConfig
 from lucidml.uncertainty.model import BayesVLM
-from lucidml.uncertainty.towers import TowerInputs, image_inputs, text_inputs
+from lucidml.uncertainty.towers import image_inputs, text_inputs
 
 SYSTEM = "uncertainty"
 
@@ -30,27 +29,6 @@ def load_model(name: str):
     from lucidml.core.zoo import load_vlm
 
     return load_vlm(name)
-
-
-def score_zero_shot(
-    bvlm: BayesVLM,
-    images: TowerInputs,
-    labels: torch.Tensor,
-    classes: TowerInputs,
-    config: PredictConfig,
-) -> dict[str, dict[str, float]]:
-    """Accuracy, NLPD, ECE and Brier of the MAP model and of BayesVLM on labelled images."""
-    out = {}
-    for method, map_estimate in (("map", True), ("bayesvlm", False)):
-        logits = bvlm.logits(images, classes, map_estimate=map_estimate)
-        probs = logits.probs(config.predictive, config.mc_samples, config.seed)
-        out[method] = {
-            "acc": metrics.accuracy(probs, labels),
-            "nlpd": metrics.nll(probs, labels),
-            "ece": metrics.ece(probs, labels, config.ece_bins),
-            "brier": metrics.brier(probs, labels),
-        }
-    return out
 
 
 def fit(
@@ -125,7 +103,7 @@ def zeroshot(
     }
     rep = Report(f"BayesVLM zero-shot: {model}")
     if labels is not None:
-        results["metrics"] = score_zero_shot(bvlm, img, labels, cls, config)
+        results["metrics"] = evaluation.score(bvlm, img, labels, cls, config)
         rep.table([{"method": m, **v} for m, v in results["metrics"].items()])
         map_probs = bvlm.logits(img, cls, map_estimate=True).probs()
         rep.figure(
@@ -200,7 +178,7 @@ def active(
         for r in rows:
             run.log_metrics(r)
         results["curve"] = rows
-        rep.table(rows, ["budget", "seed", "map_acc", "map_ece", "probit_nlpd", "probit_ece"])
+        rep.table(rows, ["budget", "seed", "map_acc", "map_ece", "bayesvlm_nlpd", "bayesvlm_ece"])
         rep.figure(plots.budget_curves(rows), "budget_curves")
     run.write_results(results)
     return rep.save(run.path)
@@ -233,7 +211,7 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
     inputs = {name: image_inputs(vlm, x) for name, x in sets.items()}
     zs, panels, spread = {}, {}, {}
     for name, x_in in inputs.items():
-        zs[name] = score_zero_shot(bvlm, x_in, d.test_y, cls, pred_cfg)
+        zs[name] = evaluation.score(bvlm, x_in, d.test_y, cls, pred_cfg)
         logits = bvlm.logits(x_in, cls)
         panels[name] = {
             "MAP": (bvlm.logits(x_in, cls, map_estimate=True).probs(), d.test_y),
@@ -268,7 +246,7 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
             budgets,
             cfg,
             seeds=seeds,
-            ece_bins=pred_cfg.ece_bins,
+            predict=pred_cfg,
         )
         rows += [{"strategy": strategy, **r} for r in curve]
 
@@ -315,9 +293,11 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
         "then the image projection is tuned on the support set (AdamW, best validation "
         "epoch). Random averages several seeds."
     )
-    rep.figure(plots.budget_curves(rows, ("map_acc", "map_ece", "probit_ece")), "active_curves")
+    rep.figure(plots.budget_curves(rows, ("map_acc", "map_ece", "bayesvlm_ece")), "active_curves")
     mean_rows = _mean_over_seeds(rows)
-    rep.table(mean_rows, ["strategy", "budget", "map_acc", "map_ece", "probit_nlpd", "probit_ece"])
+    rep.table(
+        mean_rows, ["strategy", "budget", "map_acc", "map_ece", "bayesvlm_nlpd", "bayesvlm_ece"]
+    )
     return rep.save(out_dir)
 
 

@@ -62,7 +62,7 @@ def uncertainty_histogram(values: dict[str, np.ndarray], xlabel: str):
     return fig
 
 
-def budget_curves(rows: list[dict], keys: tuple[str, ...] = ("map_acc", "probit_ece")):
+def budget_curves(rows: list[dict], keys: tuple[str, ...] = ("map_acc", "bayesvlm_ece")):
     """Mean over seeds of each metric against the budget, one line per strategy."""
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
     strategies = sorted({r["strategy"] for r in rows})

@@ -48,12 +48,6 @@ class TowerInputs:
         r = None if parts[0].r is None else torch.cat([p.r for p in parts])
         return TowerInputs(torch.cat([p.a for p in parts]), r)
 
-    def mean(self) -> TowerInputs:
-        """The average input: its embedding is the average embedding, since e is affine in a."""
-        return TowerInputs(
-            self.a.mean(0, keepdim=True), None if self.r is None else self.r.mean(0, keepdim=True)
-        )
-
 
 def projection_layer(vlm, tower: str) -> nn.Linear:
     """The linear layer the posterior is placed on, checked to be a Linear into the joint space."""
