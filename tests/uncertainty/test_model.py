@@ -189,3 +189,13 @@ def test_predict_before_fit_and_empty_inputs_are_refused(clip):
         bvlm.predict(_images(clip, 2), [])
     with pytest.raises(InputError, match="class names"):
         bvlm.class_inputs([])
+
+
+@pytest.mark.parametrize("damping", ["split", "eig"])
+@pytest.mark.parametrize("cosine_var", ["reference", "projected"])
+def test_every_damping_and_cosine_variance_predicts(clip, damping, cosine_var):
+    images = _images(clip)
+    cfg = PosteriorConfig(damping=damping, cosine_var=cosine_var)
+    bvlm = BayesVLM(clip, cfg).fit((images, CAPTIONS)).optimize_prior_precision()
+    logits = bvlm.predict(images[:3], CAPTIONS[:4])
+    assert (logits.var > 0).all() and torch.isfinite(logits.var).all()
