@@ -161,9 +161,9 @@ class Template:
                 f"activations have {H.shape[1]} features; the template was fit on "
                 f"{self.mask.numel()}"
             )
-        mu = self.mean.float()
+        mu, cols = self.mean.float(), self.mask.nonzero().flatten()
         return torch.cat(
-            [((blk[:, self.mask] - mu) ** 2).mean(1) for blk in H.split(_ROW_BLOCK)]
+            [((blk.index_select(1, cols) - mu) ** 2).mean(1) for blk in H.split(_ROW_BLOCK)]
         ).numpy()
 
     def detect(self, H) -> np.ndarray:
