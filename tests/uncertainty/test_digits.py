@@ -89,6 +89,21 @@ def test_cli_fit_zeroshot_active(tmp_path, capsys):
     assert (tmp_path / "fit" / "factors.safetensors").is_file()
     fit_results = json.loads((tmp_path / "fit" / "results.json").read_text())
     assert fit_results["n_pairs"] == 200
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "uncertainty",
+                "fit",
+                "--pairs",
+                str(pairs),
+                "--out",
+                str(tmp_path / "fit"),
+                "--resume",
+            ]
+        )
+    resumed = json.loads((tmp_path / "fit" / "results.json").read_text())
+    assert exc.value.code == 0 and resumed["resumed_after_batches"] == 1
+    assert resumed["prior_precision"] == pytest.approx(fit_results["prior_precision"])
 
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(d.class_names) + "\n")

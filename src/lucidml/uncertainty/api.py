@@ -19,7 +19,7 @@ from lucidml.core.runs import Run, atomic_write_bytes, write_json
 from lucidml.uncertainty import active as al
 from lucidml.uncertainty import data, evaluation, plots
 from lucidml.uncertainty.config import ActiveConfig, FinetuneConfig, PosteriorConfig, PredictConfig
-from lucidml.uncertainty.model import BayesVLM
+from lucidml.uncertainty.model import BayesVLM, FactorSums
 from lucidml.uncertainty.towers import image_inputs, text_inputs
 
 SYSTEM = "uncertainty"
@@ -32,20 +32,34 @@ def load_model(name: str):
 
 
 def fit(
-    model: str, pairs: str, out: str | Path | None = None, config: PosteriorConfig | None = None
+    model: str,
+    pairs: str,
+    out: str | Path | None = None,
+    config: PosteriorConfig | None = None,
+    resume: bool = False,
 ) -> tuple[BayesVLM, Path]:
-    """Fit K-FAC factors on image-caption pairs and the prior precision; save them."""
+    """Fit K-FAC factors on image-caption pairs and the prior precision; save them.
+    The running factor sums are checkpointed after every class batch; ``resume`` picks
+    them up from the run folder and skips the batches already counted."""
     config = config or PosteriorConfig()
     images, captions = data.read_pairs(pairs)
-    vlm = load_model(model)
-    start = time.perf_counter()
-    bvlm = BayesVLM(vlm, config).fit((images, captions)).optimize_prior_precision()
-    seconds = time.perf_counter() - start
+    bvlm = BayesVLM(load_model(model), config)
     run = Run(SYSTEM, out, {"model": model, "pairs": pairs, **config.model_dump(mode="json")})
+    saved = run.resume("factor_sums") if resume else None
+    sums = FactorSums.from_state_dict(saved) if saved is not None else None
+    start = time.perf_counter()
+    bvlm.fit(
+        (images, captions),
+        sums=sums,
+        on_batch=lambda s: run.checkpoint("factor_sums", s.state_dict()),
+    )
+    bvlm.optimize_prior_precision()
+    seconds = time.perf_counter() - start
     bvlm.save(run.path)
     results = {
         "model": model,
         "n_pairs": len(images),
+        "resumed_after_batches": sums.n_batches if sums is not None else 0,
         "prior_precision": bvlm.prior_precision,
         "fit_seconds": seconds,
     }

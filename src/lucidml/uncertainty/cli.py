@@ -61,13 +61,17 @@ def fit(
             "--compat-logdet/--no-compat-logdet", help="Reproduce the reference's logdet term."
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted fit in --out from its last batch."),
+    ] = False,
 ) -> None:
     """Fit K-FAC factors on image-caption pairs and the prior precision by marginal likelihood."""
     from lucidml.uncertainty import api
     from lucidml.uncertainty.config import PosteriorConfig
 
     cfg = _config(PosteriorConfig, config, damping=damping, compat_logdet=compat_logdet)
-    bvlm, path = api.fit(model, pairs, out, cfg)
+    bvlm, path = api.fit(model, pairs, out, cfg, resume=resume)
     lam = bvlm.prior_precision
     typer.echo(f"prior precision: image {lam['image']:.4g}, text {lam['text']:.4g}")
     typer.echo(f"posterior: {path.resolve()}")

@@ -7,8 +7,9 @@ probs = logits.probs()            # probit-corrected; logits.var is the uncertai
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,29 @@ from lucidml.uncertainty.towers import (
 
 log = logging.getLogger(__name__)
 FACTORS_FILE, META_FILE = "factors.safetensors", "posterior.json"
+
+
+@dataclass
+class FactorSums:
+    """Running sums of both towers' K-FAC factors. Plain sums, so checkpoints (and shards)
+    add up exactly; the 1/sqrt(N) scaling is applied once at the end."""
+
+    sum_aa: dict[str, torch.Tensor]
+    sum_h: dict[str, torch.Tensor]
+    n_data: int = 0
+    n_batches: int = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "sum_aa": self.sum_aa,
+            "sum_h": self.sum_h,
+            "n_data": self.n_data,
+            "n_batches": self.n_batches,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> FactorSums:
+        return cls(state["sum_aa"], state["sum_h"], state["n_data"], state["n_batches"])
 
 
 @dataclass
@@ -95,42 +119,62 @@ class BayesVLM:
         return float(self.vlm.logit_bias.detach()) if self.vlm.kind == "siglip" else 0.0
 
     # --- fitting --------------------------------------------------------------------------
-    def fit(self, pairs) -> BayesVLM:
+    def fit(
+        self,
+        pairs,
+        sums: FactorSums | None = None,
+        on_batch: Callable[[FactorSums], None] | None = None,
+    ) -> BayesVLM:
         """Accumulate K-FAC factors from image-caption pairs: one ``(images, captions)``
-        tuple (split into class batches) or an iterable of such batches (a loader)."""
+        tuple (split into class batches) or an iterable of such batches (a loader).
+
+        ``on_batch`` sees the running sums after every class batch (to checkpoint them);
+        passing saved ``sums`` back resumes, skipping the batches they already hold."""
+        sums = sums or self._zero_sums()
+        remaining = itertools.islice(self._class_batches(pairs), sums.n_batches, None)
         encoded = (
             (
                 image_inputs(self.vlm, images, self.config.encode_batch),
                 text_inputs(self.vlm, captions, self.config.encode_batch),
             )
-            for images, captions in self._class_batches(pairs)
+            for images, captions in remaining
         )
-        return self._fit_batches(encoded)
+        return self._fit_batches(encoded, sums, on_batch)
 
     def fit_inputs(self, img: TowerInputs, txt: TowerInputs) -> BayesVLM:
         """``fit`` on cached projection inputs of paired images and captions."""
         if len(img) != len(txt):
             raise ShapeError(f"got {len(img)} image inputs but {len(txt)} caption inputs")
         step = self.config.class_batch
-        return self._fit_batches(
-            (img[i : i + step], txt[i : i + step]) for i in range(0, len(img), step)
-        )
+        batches = ((img[i : i + step], txt[i : i + step]) for i in range(0, len(img), step))
+        return self._fit_batches(batches, self._zero_sums())
 
-    def _fit_batches(self, batches: Iterable[tuple[TowerInputs, TowerInputs]]) -> BayesVLM:
+    def _zero_sums(self) -> FactorSums:
         dims = {t: self.layers[t].in_features + (self.layers[t].bias is not None) for t in TOWERS}
         q = self.layers["image"].out_features
-        sum_aa = {t: torch.zeros(dims[t], dims[t], dtype=torch.float64) for t in TOWERS}
-        sum_h = {t: torch.zeros(q, q, dtype=torch.float64) for t in TOWERS}
-        n_used = 0
+        return FactorSums(
+            {t: torch.zeros(dims[t], dims[t], dtype=torch.float64) for t in TOWERS},
+            {t: torch.zeros(q, q, dtype=torch.float64) for t in TOWERS},
+        )
+
+    def _fit_batches(
+        self,
+        batches: Iterable[tuple[TowerInputs, TowerInputs]],
+        sums: FactorSums,
+        on_batch: Callable[[FactorSums], None] | None = None,
+    ) -> BayesVLM:
         for img, txt in batches:
-            self._accumulate(img, txt, sum_aa, sum_h)
-            n_used += len(img)
-        if n_used == 0:
+            self._accumulate(img, txt, sums.sum_aa, sums.sum_h)
+            sums.n_data += len(img)
+            sums.n_batches += 1
+            if on_batch is not None:
+                on_batch(sums)
+        if sums.n_data == 0:
             raise InputError("no image-caption pairs to fit the posterior on")
         # Incomplete class batches are kept (the reference drops them silently).
-        log.info("fitted K-FAC factors on %d image-caption pairs", n_used)
+        log.info("fitted K-FAC factors on %d image-caption pairs", sums.n_data)
         for t in TOWERS:
-            factors = kfac.KronFactors.from_sums(sum_aa[t], sum_h[t], n_used)
+            factors = kfac.KronFactors.from_sums(sums.sum_aa[t], sums.sum_h[t], sums.n_data)
             self._set_posterior(t, factors, self._default_lambda(t))
         self.lambda_fitted = False
         return self
