@@ -261,3 +261,15 @@ def test_mc_and_probit_agree_on_digits(fitted, digits_clip, digits):
     assert (probit - mc).abs().max() < 0.08
     assert (probit.argmax(1) == mc.argmax(1)).float().mean() > 0.97
     assert torch.equal(probit.argmax(1), logits.mean.argmax(1))
+
+
+def test_epig_prefilter_keeps_the_pool_items_nearest_the_targets(fitted, digits_clip, digits):
+    from lucidml.uncertainty.active import AcquisitionContext, _knn_prefilter, embedding_distances
+
+    bvlm, cls = fitted
+    pool = image_inputs(digits_clip, digits.test_x[:200])
+    targets = image_inputs(digits_clip, digits.train_x)  # 1347 rows: crosses a 1024 chunk
+    ctx = AcquisitionContext(bvlm, pool, targets, cls, ActiveConfig(), torch.Generator())
+    kept = _knn_prefilter(ctx, 30)
+    brute = embedding_distances(bvlm, targets, pool).min(0).values.argsort()[:30]
+    assert set(kept.tolist()) == set(brute.tolist())

@@ -67,8 +67,12 @@ def _knn_prefilter(ctx: AcquisitionContext, limit: int) -> torch.Tensor:
     """Indices of at most ``limit`` candidates, those closest to any target."""
     if len(ctx.candidates) <= limit:
         return torch.arange(len(ctx.candidates))
-    dist = embedding_distances(ctx.bvlm, ctx.targets, ctx.candidates, ctx.config.knn_distance)
-    return dist.min(0).values.argsort()[:limit]
+    nearest = torch.full((len(ctx.candidates),), torch.inf, dtype=torch.float64)
+    for start in range(0, len(ctx.targets), 1024):  # bounded memory for large target sets
+        chunk = ctx.targets[start : start + 1024]
+        dist = embedding_distances(ctx.bvlm, chunk, ctx.candidates, ctx.config.knn_distance)
+        nearest = torch.minimum(nearest, dist.min(0).values)
+    return nearest.argsort()[:limit]
 
 
 STRATEGIES: dict[str, Callable[[AcquisitionContext], torch.Tensor]] = {
@@ -99,6 +103,11 @@ def select(
     config = config or ActiveConfig()
     if config.budget > len(pool):
         raise InputError(f"budget {config.budget} exceeds the pool size {len(pool)}")
+    if config.select_on == "test" and config.budget > len(targets):
+        raise InputError(
+            f"budget {config.budget} exceeds the number of targets {len(targets)}; "
+            "select on the pool (select_on: train) or lower the budget"
+        )
     gen = torch.Generator().manual_seed(config.seed)
     on_targets = config.select_on == "test"
     ctx = AcquisitionContext(bvlm, targets if on_targets else pool, targets, classes, config, gen)
@@ -106,8 +115,10 @@ def select(
     order = scores.argsort(descending=True, stable=True)
     if not on_targets:
         return order[: config.budget]
-    dist = embedding_distances(bvlm, targets, pool, config.knn_distance)
-    return acquisition.nearest_unused(dist, order, config.budget)
+    # each visited target yields exactly one pick, so only the top ``budget`` rows matter
+    top = order[: config.budget]
+    dist = embedding_distances(bvlm, targets[top], pool, config.knn_distance)
+    return acquisition.nearest_unused(dist, torch.arange(len(top)), config.budget)
 
 
 def finetune_image_projection(
