@@ -22,7 +22,13 @@ def test_load_digits_split_sizes_range_and_balance(digits):
 
 def test_available_lists_the_embedded_defaults():
     found = zoo.available()
-    assert {"smollm2-135m-instruct", "minilm-l6", "digits", "digits-clip"} <= set(found)
+    assert {
+        "smollm2-135m-instruct",
+        "minilm-l6",
+        "digits",
+        "digits-clip",
+        "digits-diffusion",
+    } <= set(found)
     assert all({"installed", "where", "how"} <= set(v) for v in found.values())
 
 
