@@ -208,6 +208,10 @@ def test_cli_bad_inputs_fail_with_one_sentence(tmp_path, capsys, posterior_dir):
         match="8x8",
         out=out,
     )
+    (big / "captions.txt").write_text("a\nb\nc\n")
+    _fails(
+        ["uncertainty", "fit", "--pairs", str(big), "--out", str(out)], capsys, match="8x8", out=out
+    )
     _fails(
         ["uncertainty", "fit", "--pairs", str(tmp_path / "nope"), "--out", str(out)],
         capsys,

@@ -44,6 +44,7 @@ def fit(
     config = config or PosteriorConfig()
     images, captions = data.read_pairs(pairs)
     bvlm = BayesVLM(load_model(model), config)
+    bvlm.vlm.preprocess(images[:1])  # wrong channel counts or sizes fail before any write
     run = Run(SYSTEM, out, {"model": model, "pairs": pairs, **config.model_dump(mode="json")})
     saved = run.resume("factor_sums") if resume else None
     sums = FactorSums.from_state_dict(saved) if saved is not None else None

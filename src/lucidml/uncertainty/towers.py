@@ -1,4 +1,5 @@
-"""Where each tower's last linear map sits, and the activations that feed it.
+"""Where each tower's last linear map sits, and the activations that feed it (on the CPU,
+in float64, where all posterior algebra runs).
 
 An embedding is e = W a + b + r: ``a`` is the projection input, ``b`` its bias (if any)
 and ``r`` a residual added after it (SigLIP's image head ends in ``x + mlp(x)``).
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from lucidml.core.hooks import Site, capture
-from lucidml.errors import ModelError
+from lucidml.errors import InputError, ModelError
 
 TOWERS = ("image", "text")
 _LAYERS = {
@@ -71,19 +72,21 @@ def projection_layer(vlm, tower: str) -> nn.Linear:
 
 def image_inputs(vlm, images: torch.Tensor, batch_size: int = 256) -> TowerInputs:
     """Projection inputs (and SigLIP's residual) for images (N, C, H, W), no gradients."""
+    if len(images) == 0:
+        raise InputError("no images given; expected a (N, C, H, W) tensor with N > 0")
     parts = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             if vlm.kind == "clip":
-                parts.append(TowerInputs(vlm.image_features(chunk).double()))
+                parts.append(TowerInputs(vlm.image_features(chunk).double().cpu()))
                 continue
             site = Site(_LAYERS[("siglip", "image")], pre=True)
             with capture(vlm.model, [site, _LAYERS[("siglip", "image")]]) as acts:
                 pooled = vlm.model.vision_model(pixel_values=vlm.preprocess(chunk)).pooler_output
             a, out = acts[site], acts[_LAYERS[("siglip", "image")]]
             a, out = a.reshape(-1, a.shape[-1]), out.reshape(-1, out.shape[-1])
-            parts.append(TowerInputs(a.double(), (pooled - out).double()))
+            parts.append(TowerInputs(a.double().cpu(), (pooled - out).double().cpu()))
     return TowerInputs.cat(parts)
 
 
@@ -92,7 +95,7 @@ def text_inputs(vlm, texts: Sequence[str], batch_size: int = 256) -> TowerInputs
     texts = list(texts)
     with torch.no_grad():
         parts = [
-            vlm.text_features(texts[i : i + batch_size]).double()
+            vlm.text_features(texts[i : i + batch_size]).double().cpu()
             for i in range(0, len(texts), batch_size)
         ]
     return TowerInputs(torch.cat(parts))
