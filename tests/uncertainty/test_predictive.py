@@ -50,3 +50,14 @@ def test_equal_variance_keeps_the_argmax_and_softens():
 def test_zero_variance_is_the_plain_softmax():
     mean = torch.randn(4, 3)
     torch.testing.assert_close(probit_softmax(mean, torch.zeros_like(mean)), torch.softmax(mean, 1))
+
+
+def test_sigmoid_probs_shrink_towards_one_half():
+    logits = ProbabilisticLogits(torch.tensor([[-3.0, 0.0, 3.0]]), torch.tensor([[4.0] * 3]))
+    torch.testing.assert_close(
+        ProbabilisticLogits(logits.mean, torch.zeros(1, 3)).sigmoid_probs(),
+        torch.sigmoid(logits.mean),
+    )
+    p = logits.sigmoid_probs()[0]
+    assert p[1] == 0.5 and 0.5 < p[2] < torch.sigmoid(torch.tensor(3.0))
+    torch.testing.assert_close(p[0] + p[2], torch.tensor(1.0))

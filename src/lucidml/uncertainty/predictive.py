@@ -58,3 +58,7 @@ class ProbabilisticLogits:
             gen = torch.Generator().manual_seed(seed)
             return mc_softmax(self.mean, self.var, n_samples, generator=gen)
         raise ConfigError(f"unknown predictive '{method}', expected one of {PREDICTIVES}")
+
+    def sigmoid_probs(self) -> torch.Tensor:
+        """Probit-corrected per-class sigmoids, SigLIP's multi-label reading of its logits."""
+        return probit_sigmoid(self.mean, self.var)
