@@ -162,3 +162,31 @@ def test_unknown_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
     )
     assert code == 2 and "unknown model 'no-such-model-xyz'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_ucd_resume_reuses_finished_layers_and_checks_the_config(tiny_model_dir, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "ucd"
+    args = [
+        "chunking",
+        "ucd",
+        "--model",
+        str(tiny_model_dir),
+        "--chunks",
+        "4",
+        "--epochs",
+        "1",
+        "--layers",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert run(args, capsys)[0] == 0
+    ckpt = out / "checkpoints" / "ucd_layer1.pt"
+    row = torch.load(ckpt, weights_only=False)
+    torch.save({**row, "test_loss": -0.123}, ckpt)  # a marker only the checkpoint holds
+    assert run([*args, "--resume"], capsys)[0] == 0
+    assert json.loads((out / "results.json").read_text())["layers"][0]["test_loss"] == -0.123
+    code, _, err = run([*args[:-2], "--chunks", "5", "--out", str(out), "--resume"], capsys)
+    assert code == 2 and "different config" in err

@@ -32,6 +32,5 @@ def test_grafting_raises_the_word_rate_above_the_control(smollm2, coffee):
     model, tok = smollm2
     bank, _ = coffee
     templates = {ell: bank[("coffee", 0, ell)] for ell in range(2, 10)}
-    effect = occurrence_effect(model, tok, PROMPTS, "coffee", templates, seed=0,
-                               max_new_tokens=40)
+    effect = occurrence_effect(model, tok, PROMPTS, "coffee", templates, seed=0, max_new_tokens=40)
     assert effect.graft_rate > effect.control_rate

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from lucidml.chunking import dsc, pa, perturb, sequences, ucd
 from lucidml.chunking.collect import Collection, collect, encode_sentences, split_sentences
 from lucidml.chunking.config import GraftConfig, PAConfig, RNNConfig, UCDConfig
-from lucidml.chunking.graft import generate, occurrence_effect
+from lucidml.chunking.graft import generate, graft, occurrence_effect, score_arms
 from lucidml.chunking.rnn import TrainedRNN, train_rnn
 from lucidml.core.config import seed_everything
 from lucidml.core.report import Report
@@ -216,10 +217,36 @@ def rnn_job(cfg: RNNConfig, out: str | Path | None = None) -> Path:
 # --- LLM jobs: PA, grafting, UCD ----------------------------------------------------------
 
 
-def _load(model_name: str):
+def open_run(cfg, out: str | Path | None, resume: bool) -> Run:
+    """The run folder; ``resume`` needs ``out`` to hold a run of the same config."""
+    if resume:
+        saved = Path(out) / "config.yaml" if out is not None else None
+        if saved is None or not saved.is_file():
+            raise InputError("--resume needs --out to name an existing run folder")
+        if type(cfg).from_yaml(saved) != cfg:
+            raise InputError(f"--resume: {saved} holds a different config than this command's")
+    return Run("chunking", out, cfg)
+
+
+def cached(run: Run | None, key: str, compute):
+    """``compute()``, or the checkpoint saved under ``key`` by an interrupted run."""
+    if run is None:
+        return compute()
+    state = run.resume(key)
+    if state is None:
+        state = compute()
+        run.checkpoint(key, state)
+    return state
+
+
+def _load(model_name: str, device: str = "cpu"):
+    import torch
+
     from lucidml.core.zoo import load_llm
 
-    return load_llm(model_name)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_llm(model_name, device=device)
 
 
 def read_text(path: str | Path | None) -> str:
@@ -338,7 +365,7 @@ def pa_job(
 ) -> Path:
     text = read_text(text_path)
     fit_sents, held_sents = split_text(text, cfg.heldout_fraction, str(text_path or "the corpus"))
-    model, tok = _load(cfg.model)
+    model, tok = _load(cfg.model, cfg.device)
     _check_layers(cfg.layers, model.config.num_hidden_layers)
     _require_occurrences(
         tok,
@@ -444,27 +471,27 @@ def graft_job(
     text_path: str | Path | None = None,
     templates_dir: str | Path | None = None,
     out: str | Path | None = None,
+    resume: bool = False,
 ) -> Path:
     prompts = read_prompts(prompts_path)
-    model, tok = _load(cfg.model)
+    model, tok = _load(cfg.model, cfg.device)
     _check_layers(cfg.layers, model.config.num_hidden_layers)
     make_templates = _templates_for(cfg, model, tok, text_path, templates_dir)
-    run = Run("chunking", out, cfg)
-    templates = make_templates()
-    effect = occurrence_effect(
-        model,
-        tok,
-        prompts,
-        cfg.word,
-        templates,
-        cfg.positions,
-        cfg.seed,
+    run = open_run(cfg, out, resume)
+    sampling = dict(
         top_p=cfg.top_p,
         temperature=cfg.temperature,
         max_new_tokens=cfg.max_new_tokens,
         chat=cfg.chat,
         batch_size=cfg.batch_size,
     )
+
+    def grafted_texts():
+        with graft(model, make_templates(), cfg.positions):
+            return generate(model, tok, prompts, cfg.seed, **sampling)
+
+    control = cached(run, "control", lambda: generate(model, tok, prompts, cfg.seed, **sampling))
+    effect = score_arms(control, cached(run, "graft", grafted_texts), cfg.word, cfg.seed)
     results = {
         "word": cfg.word,
         "model": cfg.model,
@@ -518,7 +545,10 @@ def _content_rows(col: Collection, tok, ell: int):
     return col.hidden[ell][~special], col.token_ids[~special]
 
 
-def ucd_analysis(model, tok, cfg: UCDConfig, fit_sents, held_sents) -> list[dict]:
+def ucd_analysis(
+    model, tok, cfg: UCDConfig, fit_sents, held_sents, run: Run | None = None
+) -> list[dict]:
+    """One chunk model per layer; with ``run``, each finished layer is checkpointed."""
     n = model.config.num_hidden_layers
     layers = [n // 2] if cfg.layers is None else _check_layers(cfg.layers, n)
     col_fit = collect(model, tok, fit_sents, layers)
@@ -532,37 +562,40 @@ def ucd_analysis(model, tok, cfg: UCDConfig, fit_sents, held_sents) -> list[dict
                 f"n_chunks {cfg.n_chunks} exceeds the {len(H)} tokens of the "
                 "fitting text; lower --chunks or give more text"
             )
-        m = ucd.fit(
-            H,
-            cfg.n_chunks,
-            seed=cfg.seed,
-            reseed_dead=cfg.reseed_dead,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            epochs=cfg.epochs,
-        )
-        top = Counter(m.assignments.tolist()).most_common(8)
-        rows.append(
-            {
-                "layer": ell,
-                "train_loss": m.losses[-1],
-                "test_loss": m.loss(H_held),
-                "live_chunks": len(m.live),
-                "dead_last_epoch": m.dead_per_epoch[-1],
-                "reseeded": m.reseeded,
-                "losses": m.losses,
-                "dead_per_epoch": m.dead_per_epoch,
-                "top_chunks": [
-                    {
-                        "chunk": int(k),
-                        "size": n_k,
-                        "tokens": _top_tokens(tok, ids[m.assignments == k]),
-                    }
-                    for k, n_k in top
-                ],
-            }
-        )
+        fit_layer = partial(_ucd_layer, cfg, tok, ell, H, ids, H_held)
+        rows.append(cached(run, f"ucd_layer{ell}", fit_layer))
     return rows
+
+
+def _ucd_layer(cfg: UCDConfig, tok, ell: int, H, ids, H_held) -> dict:
+    m = ucd.fit(
+        H,
+        cfg.n_chunks,
+        seed=cfg.seed,
+        reseed_dead=cfg.reseed_dead,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+    )
+    top = Counter(m.assignments.tolist()).most_common(8)
+    return {
+        "layer": ell,
+        "train_loss": m.losses[-1],
+        "test_loss": m.loss(H_held),
+        "live_chunks": len(m.live),
+        "dead_last_epoch": m.dead_per_epoch[-1],
+        "reseeded": m.reseeded,
+        "losses": m.losses,
+        "dead_per_epoch": m.dead_per_epoch,
+        "top_chunks": [
+            {
+                "chunk": int(k),
+                "size": n_k,
+                "tokens": _top_tokens(tok, ids[m.assignments == k]),
+            }
+            for k, n_k in top
+        ],
+    }
 
 
 def _top_tokens(tok, ids: np.ndarray, k: int = 5) -> str:
@@ -570,11 +603,14 @@ def _top_tokens(tok, ids: np.ndarray, k: int = 5) -> str:
 
 
 def ucd_job(
-    cfg: UCDConfig, text_path: str | Path | None = None, out: str | Path | None = None
+    cfg: UCDConfig,
+    text_path: str | Path | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
 ) -> Path:
     text = read_text(text_path)
     fit_sents, held_sents = split_text(text, cfg.heldout_fraction, str(text_path or "the corpus"))
-    model, tok = _load(cfg.model)
+    model, tok = _load(cfg.model, cfg.device)
     if cfg.layers is not None:
         _check_layers(cfg.layers, model.config.num_hidden_layers)
     n_tokens = sum(len(e) - 1 for e in encode_sentences(tok, fit_sents))
@@ -583,8 +619,8 @@ def ucd_job(
             f"n_chunks {cfg.n_chunks} exceeds the {n_tokens} tokens of the fitting "
             "text; lower --chunks or give more text"
         )
-    run = Run("chunking", out, cfg)
-    rows = ucd_analysis(model, tok, cfg, fit_sents, held_sents)
+    run = open_run(cfg, out, resume)
+    rows = ucd_analysis(model, tok, cfg, fit_sents, held_sents, run)
     run.write_results({"model": cfg.model, "n_chunks": cfg.n_chunks, "layers": rows})
     report = Report(f"Unsupervised chunk discovery in {cfg.model}")
     _ucd_section(report, rows)

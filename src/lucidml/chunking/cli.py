@@ -36,6 +36,8 @@ Layers = Annotated[
     ),
 ]
 Seed = Annotated[int | None, typer.Option("--seed")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")]
+Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | mps [cpu]")]
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:
@@ -105,6 +107,7 @@ def pa(
     n_train: Annotated[int | None, typer.Option("--n-train")] = None,
     select: Annotated[str | None, typer.Option("--select", help="accuracy | balanced")] = None,
     seed: Seed = None,
+    device: Device = None,
     config: ConfigFile = None,
     out: Out = None,
 ) -> None:
@@ -113,6 +116,7 @@ def pa(
 
     cfg = _base(PAConfig, config, word=word).updated(
         model=model,
+        device=device,
         steps=_ints(steps, "--steps"),
         layers=_ints(layers, "--layers"),
         n_train=n_train,
@@ -138,16 +142,22 @@ def graft(
     layers: Layers = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
     seed: Seed = None,
+    device: Device = None,
     config: ConfigFile = None,
     out: Out = None,
+    resume: Resume = False,
 ) -> None:
     """Graft a word's templates into the prompt pass; compare word rates with a control."""
     from lucidml.chunking.api import graft_job
 
     cfg = _base(GraftConfig, config, word=word).updated(
-        model=model, layers=_ints(layers, "--layers"), max_new_tokens=max_new_tokens, seed=seed
+        model=model,
+        device=device,
+        layers=_ints(layers, "--layers"),
+        max_new_tokens=max_new_tokens,
+        seed=seed,
     )
-    _done(graft_job(cfg, prompts, text, templates, out))
+    _done(graft_job(cfg, prompts, text, templates, out, resume))
 
 
 @app.command()
@@ -158,13 +168,20 @@ def ucd(
     chunks: Annotated[int | None, typer.Option("--chunks", help="Number of chunks K.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
     seed: Seed = None,
+    device: Device = None,
     config: ConfigFile = None,
     out: Out = None,
+    resume: Resume = False,
 ) -> None:
     """Learn unsupervised chunk embeddings (spherical k-means) per layer."""
     from lucidml.chunking.api import ucd_job
 
     cfg = _base(UCDConfig, config).updated(
-        model=model, layers=_ints(layers, "--layers"), n_chunks=chunks, epochs=epochs, seed=seed
+        model=model,
+        device=device,
+        layers=_ints(layers, "--layers"),
+        n_chunks=chunks,
+        epochs=epochs,
+        seed=seed,
     )
-    _done(ucd_job(cfg, text, out))
+    _done(ucd_job(cfg, text, out, resume))

@@ -9,6 +9,7 @@ from pydantic import Field
 from lucidml.core.config import Config
 from lucidml.core.zoo import LLM_DEFAULT
 
+Device = Literal["auto", "cpu", "cuda", "mps"]
 Regime = Literal["one_chunk", "several_chunks", "probabilistic_chunks", "hierarchy"]
 
 # per regime: (window, n_iters, bins, decoder_train_steps), from the paper's table
@@ -56,6 +57,7 @@ class PAConfig(Config):
     """Fit PA templates for one word on a text and score them on held-out sentences."""
 
     model: str = LLM_DEFAULT
+    device: Device = "cpu"
     word: str
     steps: list[int] = [-2, -1, 0, 1, 2]
     layers: list[int] | None = None  # None: every index 0..n_layers
@@ -71,6 +73,7 @@ class GraftConfig(Config):
     """Graft a word's templates into the prompt pass and count the word in generations."""
 
     model: str = LLM_DEFAULT
+    device: Device = "cpu"
     word: str
     layers: list[int] = list(range(2, 10))
     positions: list[int] = [-1]  # the last prompt token
@@ -89,6 +92,7 @@ class UCDConfig(Config):
     """Learn unsupervised chunk embeddings per layer; test loss on held-out sentences."""
 
     model: str = LLM_DEFAULT
+    device: Device = "cpu"
     layers: list[int] | None = None  # None: the middle index
     n_chunks: int = Field(2000, ge=1)
     lr: float = 1e-2

@@ -113,7 +113,7 @@ def generate(
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=False,
-            )
+            ).to(model.device)
             torch.manual_seed(seed + b)
             gen = model.generate(
                 **enc,
@@ -194,7 +194,14 @@ def occurrence_effect(
     )
     with graft(model, templates, positions):
         grafted = generate(model, tokenizer, prompts, seed, **sampling)
+    return score_arms(control, grafted, word, seed)
+
+
+def score_arms(
+    control: Sequence[str], grafted: Sequence[str], word: str, seed: int = 0
+) -> GraftEffect:
+    """Occurrence rates of ``word`` in paired control and grafted continuations."""
     c = np.array([mentions(t, word) for t in control])
     g = np.array([mentions(t, word) for t in grafted])
     p, lo, hi = paired_stats(c, g, seed)
-    return GraftEffect(float(c.mean()), float(g.mean()), p, lo, hi, control, grafted)
+    return GraftEffect(float(c.mean()), float(g.mean()), p, lo, hi, list(control), list(grafted))
