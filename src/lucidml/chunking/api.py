@@ -314,11 +314,27 @@ def fit_word_templates(
     return out
 
 
-def pa_analysis(model, tok, cfg: PAConfig, fit_sents, held_sents) -> tuple[pa.TemplateBank, list]:
-    """Fit every (step, layer) template on the fit sentences; score them on held-out ones."""
+Collections = tuple[Collection, Collection]  # (fitting text, held-out text)
+
+
+def collect_split(model, tok, fit_sents, held_sents, layers, batch_size: int = 32) -> Collections:
+    return (
+        collect(model, tok, fit_sents, layers, batch_size),
+        collect(model, tok, held_sents, layers, batch_size),
+    )
+
+
+def pa_analysis(
+    model, tok, cfg: PAConfig, fit_sents, held_sents, collections: Collections | None = None
+) -> tuple[pa.TemplateBank, list]:
+    """Fit every (step, layer) template on the fit sentences; score them on held-out ones.
+
+    ``collections`` reuses activations already collected for these sentences.
+    """
     layers = _check_layers(cfg.layers, model.config.num_hidden_layers)
-    col_fit = collect(model, tok, fit_sents, layers, cfg.batch_size)
-    col_held = collect(model, tok, held_sents, layers, cfg.batch_size)
+    col_fit, col_held = collections or collect_split(
+        model, tok, fit_sents, held_sents, layers, cfg.batch_size
+    )
     templates = fit_word_templates(
         col_fit, tok, cfg.word, cfg.steps, layers, cfg.n_train, cfg.select, cfg.seed
     )
@@ -546,13 +562,18 @@ def _content_rows(col: Collection, tok, ell: int):
 
 
 def ucd_analysis(
-    model, tok, cfg: UCDConfig, fit_sents, held_sents, run: Run | None = None
+    model,
+    tok,
+    cfg: UCDConfig,
+    fit_sents,
+    held_sents,
+    run: Run | None = None,
+    collections: Collections | None = None,
 ) -> list[dict]:
     """One chunk model per layer; with ``run``, each finished layer is checkpointed."""
     n = model.config.num_hidden_layers
     layers = [n // 2] if cfg.layers is None else _check_layers(cfg.layers, n)
-    col_fit = collect(model, tok, fit_sents, layers)
-    col_held = collect(model, tok, held_sents, layers)
+    col_fit, col_held = collections or collect_split(model, tok, fit_sents, held_sents, layers)
     rows = []
     for ell in layers:
         H, ids = _content_rows(col_fit, tok, ell)
@@ -676,8 +697,12 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
     results: dict = {"quick": quick, "rnn": {}}
     overrides = {"hierarchy": dict(window=1000, n_iters=100 if quick else 300)}
     for regime in REGIME_ORDER:
+        # a 1000-step recording gives the dictionary enough repeats to show the chunks
         cfg = RNNConfig(
-            regime=regime, graft_repeats=5 if quick else 30, **overrides.get(regime, {})
+            regime=regime,
+            graft_repeats=5 if quick else 30,
+            record_length=1000,
+            **overrides.get(regime, {}),
         )
         exp = rnn_experiment(cfg)
         results["rnn"][regime] = exp.results
@@ -687,12 +712,17 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
     sents = everyday_sentences(300 if quick else 800, seed=0)
     fit_sents, held_sents = split_text(" ".join(sents), 0.3)
     n = model.config.num_hidden_layers
-    layers = list(range(0, n + 1, 3 if quick else 1))
+    # every index in full mode; in quick mode every third plus the graft layers and the middle
+    step = 3 if quick else 1
+    layers = sorted(
+        set(range(0, n + 1, step)) | set(GraftConfig.model_fields["layers"].default) | {n // 2}
+    )
+    collections = collect_split(model, tok, fit_sents, held_sents, layers)
     results["pa"], results["graft"] = {}, []
     banks = {}
     for word in DEMO_WORDS:
-        cfg = PAConfig(word=word, steps=[0], layers=sorted(set(layers) | set(range(2, 10))))
-        bank, rows = pa_analysis(model, tok, cfg, fit_sents, held_sents)
+        cfg = PAConfig(word=word, steps=[0], layers=layers)
+        bank, rows = pa_analysis(model, tok, cfg, fit_sents, held_sents, collections)
         results["pa"][word] = {"rows": rows, "best": best_layer(rows)}
         banks[word] = bank
         _pa_section(report, word, rows)
@@ -729,7 +759,7 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
         )
     _graft_section(report, results["graft"])
     ucfg = UCDConfig(n_chunks=20 if quick else 100, epochs=10 if quick else 40, batch_size=256)
-    results["ucd"] = ucd_analysis(model, tok, ucfg, fit_sents, held_sents)
+    results["ucd"] = ucd_analysis(model, tok, ucfg, fit_sents, held_sents, collections=collections)
     _ucd_section(report, results["ucd"])
     write_json(out_dir / "results.json", results)
     write_yaml(out_dir / "config.yaml", {"quick": quick, "words": list(DEMO_WORDS)})
