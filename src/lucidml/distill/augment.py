@@ -112,14 +112,13 @@ def _draw_cutout(n, gen, fraction, shape):
 
 
 def _apply_cutout(x, p, fraction):
-    """Zero a square of side round(fraction * H) centred on the drawn pixel."""
+    """Zero a square of side round(fraction * H) around the drawn pixel (clipped at edges)."""
     n, _, h, w = x.shape
-    half = round(fraction * h) / 2
-    cy = p["cy"].expand(n).view(n, 1, 1).to(x)
-    cx = p["cx"].expand(n).view(n, 1, 1).to(x)
-    ys = torch.arange(h, dtype=x.dtype).view(1, h, 1) + 0.5
-    xs = torch.arange(w, dtype=x.dtype).view(1, 1, w) + 0.5
-    inside = ((ys - cy - 0.5).abs() < half) & ((xs - cx - 0.5).abs() < half)
+    side = round(fraction * h)
+    top = (p["cy"].expand(n) - side // 2).view(n, 1, 1)
+    left = (p["cx"].expand(n) - side // 2).view(n, 1, 1)
+    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    inside = (ys >= top) & (ys < top + side) & (xs >= left) & (xs < left + side)
     return x * (~inside).unsqueeze(1).to(x)
 
 

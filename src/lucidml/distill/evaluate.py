@@ -82,6 +82,7 @@ class Evaluator:
         else:
             kept, held = torch.arange(len(data.train_y)), None
         self.zca = ZCA(cfg.augment.zca_eps).fit(data.train_x[kept]) if cfg.augment.zca else None
+        self.train_index = kept
         self.train_x, self.train_y = self.prepare(data.train_x[kept]), data.train_y[kept]
         self.val = None if held is None else (self.prepare(data.train_x[held]), data.train_y[held])
         self.test = (self.prepare(data.test_x), data.test_y)
@@ -126,23 +127,23 @@ class Evaluator:
             return soft if soft is not None else self.teacher(x.to(self.cfg.device)).cpu()
         return F.one_hot(y, self.data.n_classes).float()
 
-    def _condition(self, source: str, labels: str, aug: bool, x_syn, y_syn, soft, runs):
-        """Selected accuracies (one dict per run) of one (data, labels, augmentation) cell."""
+    def _train_cell(self, labels: str, aug: bool, sources: list, grid: list[float], runs):
+        """Train one (labels, augmentation) cell for several training sets at once.
+
+        ``sources`` holds (x, y, stored soft labels) per set, or None for the run's random
+        subset. Returns, per set, the selected accuracy of each run.
+        """
         cfg = self.cfg
-        counts = class_counts(y_syn)
-        key = (labels, aug and self._augmenter(True) is not None, tuple(sorted(counts.items())))
-        if source == "rdm" and key in self._rdm_cache:
-            return self._rdm_cache[key]
-        grid = [cfg.syn_lr] if source == "syn" and labels == "soft" and cfg.syn_lr else cfg.lr_grid
         members = []
-        for seed in runs:
-            if source == "syn":
-                x, y, stored = x_syn, y_syn, soft
-            else:
-                idx = random_subset(self.train_y, counts, seed)
-                x, y, stored = self.train_x[idx], self.train_y[idx], None
-            targets = self._targets(x, y, labels, stored)
-            members += [Member(x, targets, lr, seed) for lr in grid]
+        for source in sources:
+            for seed in runs:
+                if source is None:
+                    idx = random_subset(self.train_y, self._counts, seed)
+                    x, y, stored = self.train_x[idx], self.train_y[idx], None
+                else:
+                    x, y, stored = source
+                targets = self._targets(x, y, labels, stored)
+                members += [Member(x, targets, lr, seed) for lr in grid]
         soft_m = labels == "soft" and cfg.soft_label_mode == "M"
         loss_fn = LOSSES["ce" if labels == "hard" else cfg.loss]
         start = time.time()
@@ -158,91 +159,117 @@ class Evaluator:
             cfg.device,
         )
         self.log(
-            f"  {source} {labels} {'aug' if aug else 'no-aug'}: {len(members)} students "
+            f"  {labels} labels, {'aug' if aug else 'no aug'}: {len(members)} students "
             f"in {time.time() - start:.1f}s"
         )
         picks = [
             select(fitted[i : i + len(grid)], cfg.selection)
             for i in range(0, len(fitted), len(grid))
         ]
-        if source == "rdm":
-            self._rdm_cache[key] = picks
-        return picks
+        return [picks[i : i + len(runs)] for i in range(0, len(picks), len(runs))]
+
+    def _random_cell(self, labels: str, aug: bool, runs) -> list[dict]:
+        aug = aug and self._augmenter(True) is not None
+        key = (labels, aug, tuple(sorted(self._counts.items())))
+        if key not in self._rdm_cache:
+            self._rdm_cache[key] = self._train_cell(labels, aug, [None], self.cfg.lr_grid, runs)[0]
+        return self._rdm_cache[key]
 
     def score(
         self, x_syn: torch.Tensor, y_syn: torch.Tensor, soft_labels: torch.Tensor | None = None
     ) -> dict:
         """LRS and ARS of a distilled set (images in the dataset's [0, 1] pixel space)."""
+        return self.score_many({"syn": (x_syn, y_syn, soft_labels)})["syn"]
+
+    def score_many(self, sets: dict[str, tuple]) -> dict[str, dict]:
+        """Score several distilled sets with equal images per class, training each cell's
+        students for all sets in one batched group. ``sets`` maps a name to
+        (x, y) or (x, y, soft_labels)."""
         if not self._fitted:
             self.fit()
         cfg = self.cfg
-        x_syn, y_syn, soft = check_distilled(x_syn, y_syn, self.data, soft_labels)
-        counts = class_counts(y_syn)
-        for c, n in counts.items():  # fail before training anything
+        checked = {}
+        for name, item in sets.items():
+            x, y, soft = (*item, None)[:3]
+            checked[name] = check_distilled(x, y, self.data, soft)
+        counts = {name: class_counts(y) for name, (_, y, _) in checked.items()}
+        first = next(iter(counts.values()))
+        if any(c != first for c in counts.values()):
+            raise InputError("distilled sets scored together must have equal images per class")
+        for c, n in first.items():  # fail before training anything
             have = int((self.train_y == c).sum())
             if n > have:
                 raise InputError(
                     f"IPC {n} for class {c} is larger than the {have} training "
                     "images that class has"
                 )
-        x_syn = self.prepare(x_syn)
+        self._counts = first
+        sources = [(self.prepare(x), y, soft) for x, y, soft in checked.values()]
         runs = [derive_seed(cfg.seed, r) for r in range(cfg.num_eval)]
         regime = cfg.labels
-        cells = {
-            "syn_hard": ("syn", "hard", True),
-            "syn": ("syn", regime, True),
-            "rdm": ("rdm", regime, True),
-            "syn_noaug": ("syn", regime, False),
-            "rdm_noaug": ("rdm", regime, False),
+        syn_grid = [cfg.syn_lr] if regime == "soft" and cfg.syn_lr else cfg.lr_grid
+        aug = self._augmenter(True) is not None  # without augmentation, aug = no-aug
+        syn_cells = {
+            "syn_hard": ("hard", aug, cfg.lr_grid),
+            "syn": (regime, aug, syn_grid),
+            "syn_noaug": (regime, False, syn_grid),
         }
-        done: dict = {}
-        picks = {}
-        for name, cell in cells.items():
-            if cell not in done:
-                done[cell] = self._condition(*cell, x_syn, y_syn, soft, runs)
-            picks[name] = done[cell]
-        rows = []
-        for r, seed in enumerate(runs):
-            acc = {name: picks[name][r]["acc"] for name in cells}
-            lrs = label_robust_score(
-                self.acc_real_hard, acc["syn_hard"], acc["syn"], acc["rdm"], lam=cfg.lrs_lambda
+        picks: dict[str, list] = {}
+        for name, cell in syn_cells.items():
+            same = next((k for k, v in syn_cells.items() if v == cell and k in picks), None)
+            picks[name] = (
+                picks[same] if same else self._train_cell(*cell[:2], sources, cell[2], runs)
             )
-            ars = augmentation_robust_score(
-                acc["syn"], acc["rdm"], acc["syn_noaug"], acc["rdm_noaug"], gamma=cfg.ars_lambda
-            )
-            rows.append(
-                {
-                    "run": r,
-                    "seed": seed,
-                    "acc_real_hard": self.acc_real_hard,
-                    "acc_syn_hard": acc["syn_hard"],
-                    "acc_syn": acc["syn"],
-                    "acc_rdm": acc["rdm"],
-                    "acc_syn_aug": acc["syn"],
-                    "acc_rdm_aug": acc["rdm"],
-                    "acc_syn_noaug": acc["syn_noaug"],
-                    "acc_rdm_noaug": acc["rdm_noaug"],
-                    "hlr": lrs["hlr"],
-                    "ior": lrs["ior"],
-                    "lrs": lrs["lrs"],
-                    "ars": ars["ars"],
-                    "lr_syn": picks["syn"][r]["lr"],
-                    "lr_rdm": picks["rdm"][r]["lr"],
-                    "selection": cfg.selection,
-                    "optimistic": cfg.selection == "test",
-                }
-            )
-        return summarize(rows) | {
-            "labels": regime,
-            "soft_label_mode": cfg.soft_label_mode if regime == "soft" else None,
-            "ipc": counts,
-            "num_eval": cfg.num_eval,
+        rdm = self._random_cell(regime, True, runs)
+        rdm_noaug = self._random_cell(regime, False, runs)
+        results = {}
+        for i, name in enumerate(checked):
+            rows = []
+            for r, seed in enumerate(runs):
+                acc = {k: picks[k][i][r]["acc"] for k in syn_cells}
+                acc["rdm"], acc["rdm_noaug"] = rdm[r]["acc"], rdm_noaug[r]["acc"]
+                rows.append(self._row(r, seed, acc, picks["syn"][i][r]["lr"], rdm[r]["lr"]))
+            results[name] = summarize(rows) | {
+                "labels": regime,
+                "soft_label_mode": cfg.soft_label_mode if regime == "soft" else None,
+                "ipc": first,
+                "num_eval": cfg.num_eval,
+                "selection": cfg.selection,
+                "optimistic": cfg.selection == "test",
+                "data_hash": self.data_key,
+                "recipe_hash": recipe_hash(cfg),
+                "version": __version__,
+                "runs": rows,
+            }
+        return results
+
+    def _row(self, r: int, seed: int, acc: dict, lr_syn: float, lr_rdm: float) -> dict:
+        cfg = self.cfg
+        lrs = label_robust_score(
+            self.acc_real_hard, acc["syn_hard"], acc["syn"], acc["rdm"], lam=cfg.lrs_lambda
+        )
+        ars = augmentation_robust_score(
+            acc["syn"], acc["rdm"], acc["syn_noaug"], acc["rdm_noaug"], gamma=cfg.ars_lambda
+        )
+        return {
+            "run": r,
+            "seed": seed,
+            "acc_real_hard": self.acc_real_hard,
+            "acc_syn_hard": acc["syn_hard"],
+            "acc_syn": acc["syn"],
+            "acc_rdm": acc["rdm"],
+            "acc_syn_aug": acc["syn"],
+            "acc_rdm_aug": acc["rdm"],
+            "acc_syn_noaug": acc["syn_noaug"],
+            "acc_rdm_noaug": acc["rdm_noaug"],
+            "hlr": lrs["hlr"],
+            "ior": lrs["ior"],
+            "lrs": lrs["lrs"],
+            "ars": ars["ars"],
+            "lr_syn": lr_syn,
+            "lr_rdm": lr_rdm,
             "selection": cfg.selection,
             "optimistic": cfg.selection == "test",
-            "data_hash": self.data_key,
-            "recipe_hash": recipe_hash(cfg),
-            "version": __version__,
-            "runs": rows,
         }
 
 

@@ -53,7 +53,8 @@ class Fitted:
     lr: float
     seed: int
     history: list[dict] = field(default_factory=list)
-    state: dict[str, torch.Tensor] | None = None  # final weights
+    # final weights (the sequential engine with a val split keeps its best-val checkpoint)
+    state: dict[str, torch.Tensor] | None = None
 
 
 def init_model(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:

@@ -1,0 +1,60 @@
+"""Figures for leaderboards and the soft-versus-hard-label comparison."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+RANDOM_LEVEL = 1 / (1 + math.e)  # the score of a set exactly as good as random real images
+
+
+def leaderboard_figure(methods: dict[str, dict], title: str):
+    """Grouped bars of LRS and ARS per method, with std error bars."""
+    names = sorted(methods, key=lambda m: -methods[m]["lrs_mean"])
+    pos = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(names)), 3.4))
+    for shift, key, label in ((-0.2, "lrs", "LRS"), (0.2, "ars", "ARS")):
+        ax.bar(
+            pos + shift,
+            [methods[m][f"{key}_mean"] for m in names],
+            0.4,
+            yerr=[methods[m][f"{key}_std"] for m in names],
+            capsize=3,
+            label=label,
+        )
+    ax.axhline(RANDOM_LEVEL, color="k", ls="--", lw=0.8)
+    ax.set(xticks=pos, xticklabels=names, ylim=(0, 1), ylabel="score", title=title)
+    ax.legend(frameon=False)
+    return fig
+
+
+def soft_vs_hard_figure(boards: dict[str, dict]):
+    """Accuracy of every method's IPC-10 set under hard and soft labels."""
+    hard, soft = boards["ipc10_hard"]["methods"], boards["ipc10_soft"]["methods"]
+    names = sorted(hard, key=lambda m: -hard[m]["acc_syn_hard_mean"])
+    pos = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(names)), 3.4))
+    ax.bar(
+        pos - 0.2,
+        [hard[m]["acc_syn_hard_mean"] for m in names],
+        0.4,
+        yerr=[hard[m]["acc_syn_hard_std"] for m in names],
+        capsize=3,
+        label="hard labels",
+    )
+    ax.bar(
+        pos + 0.2,
+        [soft[m]["acc_syn_mean"] for m in names],
+        0.4,
+        yerr=[soft[m]["acc_syn_std"] for m in names],
+        capsize=3,
+        label="soft labels (M)",
+    )
+    ax.axhline(hard[names[0]]["acc_real_hard_mean"], color="k", ls="--", lw=0.8)
+    ax.set(
+        xticks=pos, xticklabels=names, ylim=(0, 1), ylabel="test accuracy", title="IPC 10 on digits"
+    )
+    ax.legend(frameon=False, loc="lower left")
+    return fig

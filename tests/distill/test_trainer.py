@@ -1,0 +1,101 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lucidml.distill.augment import DSA, Augmenter
+from lucidml.distill.config import AugmentConfig, RecipeConfig
+from lucidml.distill.losses import cross_entropy
+from lucidml.distill.models import build_model
+from lucidml.distill.trainer import (
+    Fitted,
+    Member,
+    derive_seed,
+    lr_factor,
+    select,
+    train_batched,
+    train_sequential,
+)
+
+
+def _problem(digits, n_per_class=5):
+    idx = torch.cat([torch.nonzero(digits.train_y == c).flatten()[:n_per_class] for c in range(10)])
+    x, y = digits.train_x[idx], digits.train_y[idx]
+    return x, F.one_hot(y, 10).float()
+
+
+@pytest.mark.parametrize(
+    "optimizer,schedule,with_val", [("sgd", "step", False), ("adamw", "cosine", True)]
+)
+def test_batched_equals_sequential(digits, optimizer, schedule, with_val):
+    x, t = _problem(digits, 3)
+    members = [Member(x, t, lr, derive_seed(1, r)) for r in range(2) for lr in (0.01, 0.05)]
+
+    def model_fn():
+        return build_model("convnet", 1, 10, 8, depth=2, width=8)
+
+    recipe = RecipeConfig(
+        epochs=6, batch_size=16, eval_every=2, optimizer=optimizer, schedule=schedule
+    )
+    aug = Augmenter(DSA(AugmentConfig(flip=0).dsa_strengths()), "cutmix")
+    test = (digits.test_x[:200], digits.test_y[:200])
+    val = (digits.train_x[-100:], digits.train_y[-100:]) if with_val else None
+    args = (
+        members,
+        model_fn,
+        recipe,
+        lambda s, tt: cross_entropy(s, tt, None),
+        aug,
+        None,
+        test,
+        val,
+    )
+    batched, sequential = train_batched(*args), train_sequential(*args)
+    for b, s in zip(batched, sequential, strict=True):
+        assert [h["epoch"] for h in b.history] == [2, 4, 6]
+        for hb, hs in zip(b.history, s.history, strict=True):
+            assert hb["test_acc"] == pytest.approx(hs["test_acc"], abs=1 / 200 + 1e-9)
+            if with_val:
+                assert hb["val_acc"] == pytest.approx(hs["val_acc"], abs=1 / 100 + 1e-9)
+        if not with_val:  # with val, fit_classifier restores the best checkpoint instead
+            for k in b.state:
+                assert torch.allclose(b.state[k], s.state[k], atol=1e-5), k
+
+
+def test_lr_schedules():
+    r = RecipeConfig(epochs=10, schedule="step")
+    assert [lr_factor(r, s, 2) for s in (0, 9, 10, 19)] == pytest.approx([1, 1, 0.1, 0.1])
+    r = RecipeConfig(epochs=10, schedule="cosine")
+    assert lr_factor(r, 10, 2) == pytest.approx(0.5)
+    r = RecipeConfig(epochs=10, schedule="cosine_ref")
+    assert lr_factor(r, 0, 3) == 1.0
+    assert lr_factor(r, 29, 3) == pytest.approx(
+        0.5 * (1 + torch.cos(torch.tensor(9 / 20 * 3.14159265)).item()), abs=1e-6
+    )
+
+
+def test_select_by_val_and_by_test():
+    a = Fitted(
+        0.01,
+        0,
+        [
+            {"epoch": 10, "val_acc": 0.5, "test_acc": 0.9},
+            {"epoch": 20, "val_acc": 0.7, "test_acc": 0.6},
+        ],
+    )
+    b = Fitted(
+        0.1,
+        0,
+        [
+            {"epoch": 10, "val_acc": 0.7, "test_acc": 0.95},
+            {"epoch": 20, "val_acc": 0.6, "test_acc": 0.5},
+        ],
+    )
+    by_val = select([a, b], "val")
+    assert (by_val["acc"], by_val["lr"], by_val["epoch"]) == (0.6, 0.01, 20)  # tie -> first
+    by_test = select([a, b], "test")
+    assert (by_test["acc"], by_test["lr"], by_test["optimistic"]) == (0.95, 0.1, True)
+
+
+def test_derive_seed_is_stable():
+    assert derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(0, 2)
+    assert 0 <= derive_seed("x", 3) < 2**31
