@@ -117,13 +117,3 @@ def test_kfac_with_bias_appends_a_one_to_the_input():
     torch.testing.assert_close(
         torch.kron(A, B), _exact_weight_ggn(W, a, targets, b), rtol=0, atol=1e-10
     )
-
-
-def test_both_second_moment_paths_agree():
-    from lucidml.uncertainty.hessians import weighted_second_moment
-
-    for C in (50, 17_000):  # below and above the stacked-outer-product size limit
-        targets = _targets(C, 32, seed=C)
-        w = torch.rand(2, C, dtype=torch.float64)
-        expected = torch.einsum("nc,cd,ce->nde", w, targets, targets)
-        torch.testing.assert_close(weighted_second_moment(w, targets), expected)
