@@ -103,8 +103,7 @@ def rnn_experiment(cfg: RNNConfig) -> RNNExperiment:
         "true_chunks_recovered": [w for w in true_chunks if any(w in c for c in recovered)],
         "top_chunks": [
             {"chunk": _decoded(c, table), "length": len(c), "count": n}
-            for c, n in counts.most_common(12)
-            if len(c) > 1
+            for c, n in [(c, n) for c, n in counts.most_common() if len(c) > 1][:12]
         ],
         "rounds": [
             {"round": h["round"], "parse_length": h["parse_length"]} for h in dictionary.history
@@ -158,7 +157,7 @@ def _rnn_figures(exp: RNNExperiment, report: Report) -> None:
         plots.chunk_counts(exp.results["top_chunks"], exp.results["true_chunks"]),
         f"{name}_dictionary",
         "Most frequent multi-state chunks, read as symbols "
-        "through the lookup decoder; planted words are highlighted.",
+        "through the lookup decoder; chunks holding a planted word are orange.",
     )
     if exp.graft is not None:
         report.figure(

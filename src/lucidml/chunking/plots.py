@@ -27,12 +27,12 @@ def state_trajectory(trained: TrainedRNN, disc: Discretization, steps: int = 80)
 def chunk_counts(top_chunks: list[dict], true_chunks: list[str]):
     fig, ax = plt.subplots(figsize=(8, 3.2))
     labels = [c["chunk"] for c in top_chunks]
-    colors = ["tab:orange" if c in true_chunks else "tab:blue" for c in labels]
+    colors = ["tab:orange" if any(w in c for w in true_chunks) else "tab:blue" for c in labels]
     ax.bar(range(len(labels)), [c["count"] for c in top_chunks], color=colors)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("count in parse")
-    ax.set_title("chunk dictionary (orange: a planted word)")
+    ax.set_title("chunk dictionary (orange: holds a planted word)")
     fig.tight_layout()
     return fig
 
