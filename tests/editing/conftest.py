@@ -1,6 +1,16 @@
 import json
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread; on a busy machine OpenMP threads thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def snak(prop, qid=None, snaktype="value", datatype="wikibase-item", value=None):
@@ -66,4 +76,4 @@ def tiny_lm():
 
     words = WORDS.split()
     tok = word_tokenizer(words, max_length=128)
-    return tiny_llama(tokenizer=tok, hidden_size=32, num_layers=2, num_heads=4)
+    return tiny_llama(tokenizer=tok, hidden_size=32, num_layers=3, num_heads=4)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from lucidml.core.config import seed_everything
 from lucidml.core.report import Report
-from lucidml.core.runs import Run, write_json
+from lucidml.core.runs import Run, make_run_dir, write_json
 from lucidml.editing import build as B
 from lucidml.editing import methods, wikidata
 from lucidml.editing.config import BuildConfig, EvalConfig, RunConfig
 from lucidml.editing.lifelong import run_lifelong
+from lucidml.editing.questions import Templates
 from lucidml.errors import InputError
 
 METRICS = ("rewrite", "rephrase", "personas", "mhop", "loc_gold", "loc_agree", "past")
@@ -26,43 +27,61 @@ def embedded_snapshots() -> list[Path]:
 
 def parse(
     dump: str | Path,
-    out: str | Path,
+    out: str | Path | None = None,
     on_error: str = "stop",
     processes: int = 1,
     best_rank: bool = True,
-) -> dict:
-    """Parse one dump into a snapshot folder (triples and labels as Parquet)."""
-    stats = wikidata.parse_dump(
-        dump, out, on_error=on_error, processes=processes, best_rank=best_rank
+) -> tuple[Path, dict]:
+    """Parse one dump into a snapshot folder (triples and labels as Parquet).
+
+    The dump is read before the folder is made, so a bad dump leaves nothing behind.
+    """
+    triples, labels, skipped = wikidata.read_dump(
+        dump, on_error=on_error, processes=processes, best_rank=best_rank
     )
-    write_json(Path(out) / "results.json", {"dump": str(dump), **stats})
-    return stats
+    folder = make_run_dir("editing", out)
+    wikidata.write_snapshot(folder, triples, labels)
+    stats = {"triples": len(triples), "labels": len(labels), "skipped_lines": skipped}
+    write_json(folder / "results.json", {"dump": str(dump), **stats})
+    return folder, stats
 
 
-def as_snapshot(path: str | Path, work: Path, cfg: BuildConfig) -> Path:
-    """A parsed snapshot folder: a folder is used as is, a dump file is parsed into ``work``."""
+def _read_snapshot(path: str | Path, cfg: BuildConfig):
+    """A parsed folder (checked) or a dump file read into memory."""
     path = Path(path)
     if path.is_dir():
+        wikidata.read_labels(path)
         return path
     if not path.is_file():
         raise InputError(f"snapshot {path} is neither a dump file nor a parsed snapshot folder")
-    name = path.name.split(".")[0]
-    target = work / "snapshots" / name
-    wikidata.parse_dump(path, target, best_rank=cfg.best_rank)
-    return target
+    return path.name.split(".")[0], wikidata.read_dump(path, best_rank=cfg.best_rank)
 
 
 def build(
-    snapshots: list[str | Path], out: str | Path, cfg: BuildConfig | None = None, llm=None
-) -> dict:
-    """Timesteps from consecutive snapshots (dump files or parsed folders) into ``out``."""
+    snapshots: list[str | Path],
+    out: str | Path | None = None,
+    cfg: BuildConfig | None = None,
+    llm=None,
+) -> tuple[Path, dict]:
+    """Timesteps from consecutive snapshots (dump files or parsed folders).
+
+    Every input is read and checked before the output folder is made. Dump files are
+    parsed into ``<out>/snapshots/<name>``.
+    """
     cfg = cfg or BuildConfig()
-    out = Path(out)
-    for s in snapshots:
-        if not Path(s).exists():
-            raise InputError(f"snapshot {s} does not exist")
-    folders = [as_snapshot(s, out, cfg) for s in snapshots]
-    return B.build_benchmark(folders, out, cfg, llm)
+    if len(snapshots) < 2:
+        raise InputError("building a benchmark needs at least two snapshots (old and new)")
+    loaded = [_read_snapshot(s, cfg) for s in snapshots]
+    Templates.load(cfg.templates)
+    folder = make_run_dir("editing", out)
+    folders = []
+    for item in loaded:
+        if isinstance(item, Path):
+            folders.append(item)
+        else:
+            name, (triples, labels, _) = item
+            folders.append(wikidata.write_snapshot(folder / "snapshots" / name, triples, labels))
+    return folder, B.build_benchmark(folders, folder, cfg, llm)
 
 
 def embedded_benchmark(out: str | Path) -> Path:
@@ -88,6 +107,7 @@ def run(
     seed_everything(cfg.seed)
     if model is None:
         model, tokenizer = load_llm(cfg.model, device=cfg.device)
+    editor.check(model)
     r = Run("editing", out, cfg)
     if timesteps is None:
         timesteps = B.load_benchmark(embedded_benchmark(r / "benchmark"))

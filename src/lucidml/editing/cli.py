@@ -26,13 +26,9 @@ def parse(
     ] = True,
 ) -> None:
     """Parse a dump into a snapshot folder (triples.parquet, labels.parquet)."""
-    from lucidml.core.runs import make_run_dir
     from lucidml.editing import api
 
-    if not dump.is_file():
-        raise InputError(f"dump file {dump} does not exist")
-    folder = make_run_dir("editing", out)
-    stats = api.parse(dump, folder, "skip" if skip_bad_lines else "stop", processes, best_rank)
+    folder, stats = api.parse(dump, out, "skip" if skip_bad_lines else "stop", processes, best_rank)
     skipped = stats["skipped_lines"]
     typer.echo(
         f"{stats['triples']} triples, {stats['labels']} labels -> {folder}"
@@ -56,7 +52,6 @@ def build(
     ] = None,
 ) -> None:
     """Build benchmark timesteps from consecutive snapshots."""
-    from lucidml.core.runs import make_run_dir
     from lucidml.editing import api
     from lucidml.editing.config import BuildConfig
     from lucidml.editing.questions import Templates, TransformersQuestionLLM
@@ -68,8 +63,7 @@ def build(
         from lucidml.core.zoo import load_llm
 
         question_llm = TransformersQuestionLLM(*load_llm(llm), name=llm)
-    folder = make_run_dir("editing", out)
-    manifest = api.build([old, *new], folder, cfg, question_llm)
+    folder, manifest = api.build([old, *new], out, cfg, question_llm)
     for step in manifest["timesteps"]:
         typer.echo(
             f"timestep {step['timestep']}: {step['kept']} records of "

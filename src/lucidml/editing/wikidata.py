@@ -97,20 +97,10 @@ def _chunks(path: Path, best_rank: bool, skip_errors: bool) -> Iterator[tuple]:
             line_no += len(lines)
 
 
-def parse_dump(
-    path: str | Path,
-    out_dir: str | Path,
-    *,
-    on_error: str = "stop",
-    processes: int = 1,
-    best_rank: bool = True,
-) -> dict:
-    """Parse a Wikidata JSON dump (plain, .gz or .bz2; one entity per line) into Parquet.
-
-    ``on_error="stop"`` raises on the first malformed line (naming its number) before
-    anything is written; ``"skip"`` skips such lines and reports them. ``processes > 1``
-    parses line chunks in worker processes. Returns counts and the skipped line numbers.
-    """
+def read_dump(
+    path: str | Path, *, on_error: str = "stop", processes: int = 1, best_rank: bool = True
+) -> tuple[list[tuple], list[tuple], list[int]]:
+    """Triples, labels and skipped line numbers of a dump, in memory (see ``parse_dump``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"dump file {path} does not exist")
@@ -143,12 +133,28 @@ def parse_dump(
             f"dump file {path} line {line} is not a valid entity JSON object "
             f"({why}); pass on_error='skip' (--skip-bad-lines) to skip such lines"
         )
+    return triples, labels, [line for line, _ in errors]
+
+
+def parse_dump(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    on_error: str = "stop",
+    processes: int = 1,
+    best_rank: bool = True,
+) -> dict:
+    """Parse a Wikidata JSON dump (plain, .gz or .bz2; one entity per line) into Parquet.
+
+    ``on_error="stop"`` raises on the first malformed line (naming its number) before
+    anything is written; ``"skip"`` skips such lines and reports them. ``processes > 1``
+    parses line chunks in worker processes. Returns counts and the skipped line numbers.
+    """
+    triples, labels, skipped = read_dump(
+        path, on_error=on_error, processes=processes, best_rank=best_rank
+    )
     write_snapshot(out_dir, triples, labels)
-    return {
-        "triples": len(triples),
-        "labels": len(labels),
-        "skipped_lines": [line for line, _ in errors],
-    }
+    return {"triples": len(triples), "labels": len(labels), "skipped_lines": skipped}
 
 
 def write_snapshot(out_dir: str | Path, triples: list[tuple], labels: list[tuple]) -> Path:

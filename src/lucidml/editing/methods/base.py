@@ -28,6 +28,10 @@ class Editor:
     def apply(self, model, tokenizer, records: list[dict]):
         raise NotImplementedError
 
+    def check(self, model) -> None:
+        """Raise ModelError if the model lacks what this editor needs (before any work)."""
+        return None
+
     def contexts(self, questions: list[str]) -> list[str] | None:
         return None
 

@@ -88,6 +88,9 @@ class LoRA(Editor):
     name = "lora"
     Config = LoRAConfig
 
+    def check(self, model):
+        target_weights(model, self.config.target_modules)
+
     def __init__(self, **hparams):
         super().__init__(**hparams)
         self.adapter: dict | None = None
@@ -121,6 +124,9 @@ class LoRAMerge(Editor):
 
     name = "lora_merge"
     Config = LoRAMergeConfig
+
+    def check(self, model):
+        target_weights(model, self.config.target_modules)
 
     def apply(self, model, tokenizer, records):
         cfg = self.config

@@ -40,6 +40,10 @@ class MEMIT(Editor):
         super().__init__(**hparams)
         self.cov: dict[str, torch.Tensor] | None = None
 
+    def check(self, model):
+        for layer in self.config.layers:
+            edit_module(model, self.config, layer)
+
     def apply(self, model, tokenizer, records):
         cfg = self.config
         if not records:

@@ -42,6 +42,9 @@ class ROME(Editor):
         super().__init__(**hparams)
         self.cov: torch.Tensor | None = None
 
+    def check(self, model):
+        edit_module(model, self.config, self.config.layer)
+
     def apply(self, model, tokenizer, records):
         cfg = self.config
         module = edit_module(model, cfg, cfg.layer)

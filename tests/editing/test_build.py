@@ -1,0 +1,243 @@
+import pytest
+from conftest import facts_dump
+
+from lucidml.editing import api, build, questions, wikidata
+from lucidml.editing.config import BuildConfig
+from lucidml.errors import InputError
+
+PROPS = {
+    "P6": "head of government",
+    "P286": "head coach",
+    "P54": "member of sports team",
+    "P31": "instance of",
+    "P36": "capital",
+}
+LABELS = {
+    "Q1": "Freedonia",
+    "Q2": "Rufus Firefly",
+    "Q3": "Chicolini",
+    "Q4": "Sylvania",
+    "Q5": "Trentino",
+    "Q6": "Harry Kane",
+    "Q7": "Tottenham Hotspur",
+    "Q8": "FC Bayern Munich",
+    "Q9": "Thomas Tuchel",
+    "Q10": "Vincent Kompany",
+    "Q11": "Category:Rulers",
+    "Q12": "Freedonia Republic",  # circular with Freedonia
+    "Q13": "The Very Long Name Of Some Person",  # six words
+    "Q14": "Marxonia",
+    "Q15": "Groucho",
+    "Q16": "Harpo",
+    "Q17": "Zeppo",
+    "Q18": "Gummo",
+    "Q19": "Freedonia City",
+    "Q20": "Freedonial",
+    "Q21": "Anna",
+    "Q22": "Lucia",
+    "Q23": "Grand Fenwick",
+    "Q24": "Duchess Gloriana",
+    "Q25": "Tully Bascombe",
+    "Q26": "country",
+    "Q27": "human",
+}
+OLD = {
+    ("Q1", "P6"): ["Q2"],
+    ("Q4", "P6"): ["Q5"],
+    ("Q6", "P54"): ["Q7"],
+    ("Q8", "P286"): ["Q9"],
+    ("Q14", "P6"): ["Q15"],
+    ("Q19", "P6"): ["Q16"],
+    ("Q20", "P6"): ["Q21"],
+    ("Q23", "P6"): ["Q24"],
+    ("Q2", "P31"): ["Q27"],
+    ("Q26", "P36"): ["Q22"],
+    ("Q17", "P31"): ["Q27"],
+    ("Q18", "P31"): ["Q27"],
+    ("Q3", "P31"): ["Q27"],
+}
+NEW = {
+    ("Q1", "P6"): ["Q3"],  # update, kept
+    ("Q4", "P6"): ["Q11"],  # Category: object -> dropped
+    ("Q6", "P54"): ["Q8"],  # update; chains through Q8's update -> multi-hop
+    ("Q8", "P286"): ["Q10"],  # update
+    ("Q14", "P6"): ["Q12"],  # object "Freedonia Republic" fine for Marxonia (not circular)
+    ("Q19", "P6"): ["Q16"],  # unchanged: locality candidate, near-duplicate of Freedonia
+    ("Q20", "P6"): ["Q21"],  # unchanged: another candidate
+    ("Q23", "P6"): ["Q13"],  # six-word object -> dropped
+    ("Q2", "P31"): ["Q27"],
+    ("Q26", "P36"): ["Q22"],
+    ("Q17", "P31"): ["Q27"],
+    ("Q18", "P31"): ["Q27"],
+    ("Q3", "P31"): ["Q27"],
+    ("Q17", "P6"): ["Q1", "Q4"],  # new property with two objects: ambiguous
+    ("Q18", "P6"): ["Q19"],  # new, kept
+    ("Q3", "P6"): ["Q12"],  # not circular: Chicolini / Freedonia Republic
+}
+
+
+@pytest.fixture
+def snapshots(tmp_path):
+    old = facts_dump(tmp_path / "old.json", OLD, LABELS, PROPS)
+    new = facts_dump(tmp_path / "new.json", NEW, LABELS, PROPS)
+    for d in ("old", "new"):
+        wikidata.parse_dump(tmp_path / f"{d}.json", tmp_path / d)
+    del old, new
+    return tmp_path / "old", tmp_path / "new"
+
+
+def by_subject(records):
+    return {r["subject"]: r for r in records}
+
+
+def test_filters_and_probes(snapshots):
+    records, stats = build.build_timestep(*snapshots, timestep=3)
+    recs = by_subject(records)
+    assert stats["dropped"] == {"category_or_template": 1, "long_label": 1, "ambiguous": 2}
+    assert set(recs) == {
+        "Freedonia",
+        "Harry Kane",
+        "FC Bayern Munich",
+        "Marxonia",
+        "Gummo",
+        "Chicolini",
+    }
+    r = recs["Freedonia"]
+    assert (r["tag"], r["ans"], r["old_object"], r["timestep"]) == (
+        "update",
+        "Chicolini",
+        "Rufus Firefly",
+        3,
+    )
+    assert r["update"] == "Who is the head of government of Freedonia?"
+    # the nearest unchanged same-relation subject by name (rapidfuzz WRatio, pinned)
+    assert r["loc"] == "Who is the head of government of Freedonial?"
+    assert r["loc_ans"] == "Anna"
+    assert recs["Harry Kane"]["mhop"] == "Who is the head coach of the club Harry Kane plays for?"
+    assert recs["Harry Kane"]["mhop_ans"] == "Vincent Kompany"
+    assert recs["FC Bayern Munich"]["mhop"] is None  # Vincent Kompany has no changed fact
+    # no locality probe asks about an edited (subject, relation)
+    assert all(r["loc"] is not None for r in records)
+    assert not {r["loc"] for r in records} & {r["update"] for r in records}
+
+
+def test_locality_ranking_is_pinned():
+    import pandas as pd
+
+    pool = pd.DataFrame(
+        {
+            "subject": ["A", "B", "C", "D"],
+            "property": ["P6", "P6", "P6", "P9"],
+            "object": ["x", "y", "o", "z"],
+        }
+    )
+    labels = {
+        "S": "Harry Kane",
+        "A": "Harry Kanes",
+        "B": "Barry Cane",
+        "C": "Harry Kane Jr",
+        "D": "Harry Kane",
+    }
+    cand = build.locality_candidates("S", "P6", "o", pool, labels)
+    assert list(cand["subject"]) == ["A", "B"]  # same relation first; C has the edit's object
+    assert cand["score"].iloc[0] > cand["score"].iloc[1]
+
+
+def test_multihop_rejects_blocklisted_and_return_hops(snapshots, tmp_path):
+    cfg = BuildConfig(mhop_blocklist=["P286"])
+    records, _ = build.build_timestep(*snapshots, cfg=cfg)
+    assert by_subject(records)["Harry Kane"]["mhop"] is None
+
+
+def test_label_filters():
+    cfg = BuildConfig()
+    assert build.label_problem("Category:Rulers", cfg, True) == "category_or_template"
+    assert build.label_problem("Template:Infobox", cfg, False) == "category_or_template"
+    assert build.label_problem("東京", cfg, True) == "non_latin"
+    assert build.label_problem("X", cfg, True) == "short_label"
+    assert build.label_problem("a b c d e f", cfg, True) == "long_label"
+    assert build.label_problem("a b c d e f", cfg, False) is None  # subjects may be long
+    assert build.label_problem("Élisabeth Borne", cfg, True) is None
+    assert build.is_circular("Freedonia", "President of freedonia")
+    assert not build.is_circular("Freedonia", "Chicolini")
+
+
+def test_questions_are_deterministic_and_filtered():
+    t = questions.Templates.load()
+    assert t.question("P6", "Japan") == "Who is the head of government of Japan?"
+    assert t.question("P999", "Japan", "mascot") == "What is the mascot of Japan?"
+    with pytest.raises(InputError, match="P999"):
+        t.question("P999", "Japan")
+    canned = iter(
+        [
+            "Who leads the government?",  # misses the subject
+            "Is Shigeru Ishiba the leader of Japan?",  # leaks the answer
+            "Who runs the cabinet of Japan?",
+        ]
+    )  # valid
+    kept = [
+        questions.propose(lambda _: next(canned), "", "fallback", "Japan", "Shigeru Ishiba")
+        for _ in range(3)
+    ]
+    assert kept == [
+        ("fallback", False),
+        ("fallback", False),
+        ("Who runs the cabinet of Japan?", True),
+    ]
+    assert not questions.acceptable("Who leads Japan?", "Japan", "Shigeru Ishiba", obj="Ishiba")
+
+
+def test_llm_questions_recorded(snapshots):
+    def llm(prompt):
+        return "Who, in truth, runs " + prompt.split("of ")[-1].split("?")[0] + "?"
+
+    llm.name = "mock"
+    records, _ = build.build_timestep(*snapshots, llm=llm)
+    r = by_subject(records)["Freedonia"]
+    assert r["rephrase"] == "Who, in truth, runs Freedonia?"
+    assert r["generator"] == "mock"
+
+
+def test_template_file_validated(tmp_path):
+    bad = tmp_path / "t.json"
+    bad.write_text('{"P6": {"question": "Who leads?"}}')
+    with pytest.raises(InputError, match="P6 needs a 'question'"):
+        questions.Templates.load(bad)
+    bad.write_text('{"head": {"question": "{subject}?"}}')
+    with pytest.raises(InputError, match="not a relation id"):
+        questions.Templates.load(bad)
+
+
+def test_embedded_benchmark(tmp_path):
+    _, manifest = api.build(api.embedded_snapshots(), tmp_path / "bench")
+    steps = build.load_benchmark(tmp_path / "bench")
+    assert [s["kept"] for s in manifest["timesteps"]] == [len(s) for s in steps]
+    assert len(steps) == 2 and min(len(s) for s in steps) >= 20
+    t1 = by_subject(steps[1])
+    assert t1["United Kingdom"]["ans"] == "Keir Starmer"
+    assert t1["United Kingdom"]["old_object"] == "Rishi Sunak"
+    assert t1["Harry Kane"]["mhop_ans"] == "Vincent Kompany"
+    assert t1["Linda Yaccarino"]["mhop"] is None  # Twitter's new CEO is her: a return hop
+    t0 = by_subject(steps[0])
+    assert t0["Twitter"]["tag"] == "update" and t0["Twitter"]["ans"] == "Elon Musk"
+    # the deprecated 2022 "owned by Elon Musk" statement never counted: 2023's is new
+    owned = [r for r in steps[0] if r["relation_id"] == "P127"]
+    assert [(r["tag"], r["ans"]) for r in owned] == [("new", "Elon Musk")]
+    for r in steps[0] + steps[1]:
+        assert set(r) >= {
+            "subject",
+            "relation",
+            "object",
+            "update",
+            "rephrase",
+            "ans",
+            "loc",
+            "loc_ans",
+            "mhop",
+            "mhop_ans",
+            "personas",
+            "timestep",
+        }
+        assert questions.acceptable(r["update"], r["subject"], r["ans"])
+        assert len(r["personas"]) == 5
+    assert (tmp_path / "bench" / "timestep_001.parquet").is_file()

@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+
+from lucidml.editing import evaluate as E
+from lucidml.testing import char_tokenizer
+
+
+class OracleLM(torch.nn.Module):
+    """Predicts each next token of its input exactly (shift=1), or the current one (shift=0)."""
+
+    def __init__(self, vocab: int, shift: int = 1):
+        super().__init__()
+        self.vocab, self.shift = vocab, shift
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        target = torch.roll(input_ids, -self.shift, dims=1)
+        logits = torch.nn.functional.one_hot(target, self.vocab).float()
+
+        class Out:
+            pass
+
+        out = Out()
+        out.logits = logits
+        return out
+
+
+def test_token_hits_known_answers():
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.tensor([[False, False, True, True]])
+    gold = torch.nn.functional.one_hot(torch.roll(ids, -1, 1), 10).float()
+    acc, _ = E.token_hits(gold, ids, mask)
+    assert acc.item() == 1.0
+    acc, _ = E.token_hits(torch.nn.functional.one_hot(ids, 10).float(), ids, mask)
+    assert acc.item() == 0.0
+
+
+@pytest.mark.parametrize("make_tok", ["word", "char"])
+def test_answer_span_any_tokenizer_and_padding(tiny_lm, make_tok):
+    tok = tiny_lm[1] if make_tok == "word" else char_tokenizer(add_eos=False)
+    qs = ["what is the capital of france ?", "who leads peru ?"]
+    ans = ["paris", "alice bob"]
+    spans = {}
+    for side in ("left", "right"):
+        b = E.encode(tok, qs, ans, ["", "q : one a : two\n"], side)
+        spans[side] = [
+            tok.decode(b.input_ids[i][b.answer_mask[i]]).replace(" ", "") for i in range(2)
+        ]
+    assert spans["left"] == spans["right"] == ["paris", "alicebob"]
+
+
+def test_oracle_scores_one_and_padding_side_irrelevant(tiny_lm):
+    model, tok = tiny_lm
+    oracle = OracleLM(len(tok))
+    assert E.token_accuracy(oracle, tok, "what is the capital of france ?", "paris") == 1.0
+    assert (
+        E.token_accuracy(OracleLM(len(tok), shift=0), tok, "who leads peru ?", "alice bob") == 0.0
+    )
+    qs = ["what is the capital of france ?", "who leads peru ?", "who is the head coach ?"]
+    ans = ["paris", "alice bob carol", "dave"]
+    left = E.score(model, tok, qs, ans, padding_side="left", batch_size=3)
+    right = E.score(model, tok, qs, ans, padding_side="right", batch_size=3)
+    single = [E.token_accuracy(model, tok, q, a) for q, a in zip(qs, ans, strict=True)]
+    assert left.accuracy == pytest.approx(right.accuracy)
+    assert right.accuracy == pytest.approx(single)
+    for a, b in zip(left.predictions, right.predictions, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_metrics_for_an_unchanged_model(tiny_lm):
+    model, tok = tiny_lm
+    recs = [
+        {
+            "update": "who leads peru ?",
+            "ans": "alice",
+            "rephrase": "who is the head of peru ?",
+            "personas": {"pirate": "q : who leads peru ?"},
+            "loc": "who leads chile ?",
+            "loc_ans": "bob",
+            "mhop": None,
+        },
+        {
+            "update": "who leads oman ?",
+            "ans": "carol",
+            "loc": "who leads fiji ?",
+            "loc_ans": "dave",
+        },
+    ]
+    before, details = E.evaluate_records(model, tok, recs)
+    after, _ = E.evaluate_records(model, tok, recs, loc_reference=details["loc_predictions"])
+    assert after["loc_agree"] == 1.0
+    assert set(after) >= {"rewrite", "rephrase", "personas", "personas_pirate", "loc_gold"}
+    assert "mhop" not in after and after["n"] == 2
+    oracle, _ = E.evaluate_records(OracleLM(len(tok)), tok, recs)
+    assert oracle["rewrite"] == oracle["loc_gold"] == oracle["personas"] == 1.0
+    assert E.agreement([torch.tensor([1, 2])], [torch.tensor([1, 3])]) == 0.5
+    assert math.isnan(E.agreement([], []))
+
+
+def test_exact_match_greedy(tiny_lm):
+    model, tok = tiny_lm
+    assert isinstance(E.exact_match(model, tok, "who leads peru ?", "alice"), bool)

@@ -1,0 +1,267 @@
+import copy
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from lucidml.editing import methods
+from lucidml.editing.evaluate import score
+from lucidml.editing.methods import locate
+from lucidml.editing.methods.lora import ema_merge, target_weights
+from lucidml.editing.methods.memit import memit_update
+from lucidml.editing.methods.rag import top_k_cosine
+from lucidml.editing.methods.rome import rome_update
+from lucidml.errors import ConfigError, InputError, ModelError
+
+CAPITALS = dict(
+    zip(
+        [
+            "france",
+            "italy",
+            "spain",
+            "germany",
+            "switzerland",
+            "peru",
+            "norway",
+            "ecuador",
+            "egypt",
+            "ireland",
+            "austria",
+            "greece",
+            "japan",
+            "kenya",
+            "chile",
+            "cuba",
+            "nepal",
+            "iran",
+            "fiji",
+            "mali",
+        ],
+        [
+            "paris",
+            "rome",
+            "madrid",
+            "berlin",
+            "bern",
+            "lima",
+            "oslo",
+            "quito",
+            "cairo",
+            "dublin",
+            "vienna",
+            "athens",
+            "tokyo",
+            "nairobi",
+            "santiago",
+            "havana",
+            "kathmandu",
+            "tehran",
+            "suva",
+            "bamako",
+        ],
+        strict=True,
+    )
+)
+FACTS = [
+    {"update": f"what is the capital of {c} ?", "ans": a, "subject": c} for c, a in CAPITALS.items()
+]
+
+
+def rewrite(model, tok, records):
+    s = score(model, tok, [r["update"] for r in records], [r["ans"] for r in records])
+    return float(np.mean(s.accuracy))
+
+
+def test_registry():
+    assert set(methods.METHODS) == {"ft", "lora", "lora_merge", "rag", "rome", "memit"}
+    lora = methods.get("lora", r=8)
+    assert (lora.config.r, lora.config.alpha, lora.config.target_modules) == (
+        8,
+        8,
+        ["q_proj", "v_proj"],
+    )
+    assert lora.config.learning_rate() == pytest.approx(5e-3 * 32 / 256)
+    assert methods.get("lora_merge").config.beta == 0.25
+    assert methods.get("memit").config.layers == [4, 5, 6, 7, 8]
+    with pytest.raises(InputError, match="unknown editing method 'wise'"):
+        methods.get("wise")
+    with pytest.raises(ConfigError, match="rank"):
+        methods.get("lora", rank=4)
+
+
+def test_rome_update_closed_form():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    A = torch.randn(10, 40, generator=g, dtype=torch.float64)
+    C = A @ A.T / 40
+    k, v = (
+        torch.randn(10, generator=g, dtype=torch.float64),
+        torch.randn(6, generator=g, dtype=torch.float64),
+    )
+    dW = rome_update(W, C, k, v)
+    assert torch.allclose((W + dW) @ k, v, atol=1e-5)
+    assert torch.linalg.matrix_rank(dW).item() == 1
+    u = torch.linalg.solve(C, k)
+    other = torch.randn(10, generator=g, dtype=torch.float64)
+    other -= (other @ u) / (u @ u) * u  # (C^-1 k*)^T other = 0
+    assert torch.allclose((W + dW) @ other, W @ other, atol=1e-10)
+
+
+def test_memit_normal_equations():
+    g = torch.Generator().manual_seed(1)
+    K = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    R = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    A = torch.randn(10, 30, generator=g, dtype=torch.float64)
+    C, lam = A @ A.T / 30, 3.0
+    dW = memit_update(R, K, C, lam)
+    assert (dW @ (lam * C + K @ K.T) - R @ K.T).abs().max() < 1e-8
+
+
+def test_ema_merge_endpoints():
+    a, b = {"w": torch.randn(3, 3)}, {"w": torch.randn(3, 3)}
+    assert torch.equal(ema_merge(a, b, 0.0)["w"], a["w"])
+    assert torch.equal(ema_merge(a, b, 1.0)["w"], b["w"])
+    assert torch.allclose(ema_merge(a, b, 0.25)["w"], 0.75 * a["w"] + 0.25 * b["w"])
+
+
+def test_full_finetune_learns_facts(tiny_lm):
+    model, tok = tiny_lm
+    pre = rewrite(model, tok, FACTS)
+    methods.get("ft", epochs=60, lr=1e-2, batch_size=10).apply(model, tok, FACTS)
+    post = rewrite(model, tok, FACTS)
+    assert post >= 0.9 and pre < post
+
+
+def test_lora_merge_endpoints(tiny_lm):
+    model, tok = tiny_lm
+    hp = {"epochs": 2, "lr": 1e-2, "batch_size": 10}
+    before = {k: w.detach().clone() for k, w in target_weights(model, ["q_proj", "v_proj"]).items()}
+    kept = methods.get("lora_merge", beta=0.0, **hp).apply(copy.deepcopy(model), tok, FACTS[:10])
+    for k, w in target_weights(kept, ["q_proj", "v_proj"]).items():
+        assert torch.equal(w, before[k])
+    full = methods.get("lora_merge", beta=1.0, **hp).apply(copy.deepcopy(model), tok, FACTS[:10])
+    lora = methods.get("lora", mode="fresh_merge", **hp).apply(
+        copy.deepcopy(model), tok, FACTS[:10]
+    )
+    moved = 0.0
+    for (k, w), w2 in zip(
+        target_weights(full, ["q_proj", "v_proj"]).items(),
+        target_weights(lora, ["q_proj", "v_proj"]).values(),
+        strict=True,
+    ):
+        assert torch.equal(w, w2)
+        moved += float((w - before[k]).abs().sum())
+    assert moved > 0
+
+
+def test_lora_continue_keeps_one_adapter(tiny_lm):
+    model, tok = tiny_lm
+    base = {k: w.detach().clone() for k, w in target_weights(model, ["q_proj"]).items()}
+    editor = methods.get("lora", epochs=2, lr=1e-2, batch_size=10, target_modules=["q_proj"])
+    model = editor.apply(model, tok, FACTS[:10])
+    first = {k: v.clone() for k, v in editor.adapter.items()}
+    model = editor.apply(model, tok, FACTS[10:])
+    # the second timestep starts from the first adapter, on the original weights
+    assert editor.base.keys() == base.keys()
+    assert all(torch.equal(editor.base[k], base[k]) for k in base)
+    assert any(not torch.equal(first[k], editor.adapter[k]) for k in first)
+    with pytest.raises(ModelError, match="no linear layers named o_proj2"):
+        methods.get("lora", target_modules=["o_proj2"]).apply(model, tok, FACTS)
+
+
+def hashing_embedder(texts):
+    out = np.zeros((len(texts), 4096), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for w in t.lower().replace("?", " ").split():
+            out[i, zlib.crc32(w.encode()) % 4096] += 1.0
+    return out
+
+
+def test_rag_retrieves_own_fact_and_rephrase(tiny_lm):
+    model, tok = tiny_lm
+    editor = methods.get("rag", embedder=hashing_embedder)
+    assert editor.contexts(["anything ?"]) is None
+    assert editor.apply(model, tok, FACTS) is model
+    for r in FACTS:
+        assert editor.retrieve([r["update"]])[0][0] == (r["update"], r["ans"])
+        assert (
+            editor.retrieve([f"which city is {r['subject']} governed from ?"])[0][0][1] == r["ans"]
+        )
+    ctx = editor.contexts(["what is the capital of peru ?"])[0]
+    assert ctx.startswith("Q: what is the capital of peru ? A: lima\nQ: ")
+    assert ctx.count("\n") == 2
+    assert top_k_cosine(np.eye(3), np.eye(3)[::-1], 1).ravel().tolist() == [2, 1, 0]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    words = " ".join(f"the capital of {c} is {a} ." for c, a in CAPITALS.items())
+    (tmp_path / "corpus.txt").write_text("\n\n".join([words] * 6))
+    return {
+        "corpus": str(tmp_path / "corpus.txt"),
+        "stats_dir": str(tmp_path / "stats"),
+        "corpus_tokens": 2000,
+    }
+
+
+def test_rome_edit_satisfies_wk_equals_v(tiny_lm, corpus):
+    model, tok = tiny_lm
+    record = {"update": "what is the capital of peru ?", "ans": "oslo", "subject": "peru"}
+    # a random tiny model's MLP outputs are tiny: no norm clamp, decay or KL for this check
+    free = {"clamp_norm_factor": 1e4, "weight_decay": 0.0, "kl_factor": 0.0}
+    editor = methods.get("rome", layer=1, v_steps=60, **free, **corpus)
+    cfg = editor.config
+    module = locate.edit_module(model, cfg, 1)
+    W0 = model.get_submodule(module).weight.detach().clone()
+    edited = editor.apply(copy.deepcopy(model), tok, [record])
+    # recompute the same k* and v* and check the edited matrix maps k* to v*
+    _, delta = locate.optimize_delta(model, tok, record, module, cfg)
+    k = locate.keys_at(model, module, locate.edit_batch(tok, record, cfg.prefixes)).double()
+    v = W0.double() @ k + delta.double()
+    W1 = edited.get_submodule(module).weight.detach().double()
+    assert torch.allclose(W1 @ k, v, atol=1e-4)
+    assert torch.linalg.matrix_rank(W1 - W0.double(), rtol=1e-6).item() == 1
+    assert list((tmp_path_of(corpus) / "stats").glob("cov-*.safetensors"))
+
+
+def tmp_path_of(corpus):
+    from pathlib import Path
+
+    return Path(corpus["corpus"]).parent
+
+
+def test_memit_batch_edit(tiny_lm, corpus):
+    model, tok = tiny_lm
+    records = [
+        {"update": f"what is the capital of {c} ?", "ans": a, "subject": c}
+        for c, a in (("peru", "oslo"), ("chile", "cairo"), ("nepal", "suva"))
+    ]
+    editor = methods.get(
+        "memit",
+        layers=[0, 1],
+        mom2_weight=1.0,
+        v_steps=60,
+        clamp_norm_factor=1e4,
+        weight_decay=0.0,
+        kl_factor=0.0,
+        **corpus,
+    )
+    edited = editor.apply(copy.deepcopy(model), tok, records)
+    # a random model reads the subject token too weakly for the answer to flip (the SmolLM2
+    # test checks efficacy); here: every layer takes a share, of rank <= the number of edits
+    for layer in (0, 1):
+        name = f"model.layers.{layer}.mlp.down_proj"
+        dw = edited.get_submodule(name).weight - model.get_submodule(name).weight
+        rank = torch.linalg.matrix_rank(dw.double(), rtol=1e-6).item()
+        assert 1 <= rank <= len(records)
+
+
+def test_missing_layer_is_a_model_error(tiny_lm, corpus):
+    model, tok = tiny_lm
+    with pytest.raises(ModelError, match="no layer 9"):
+        methods.get("rome", layer=9, **corpus).apply(model, tok, FACTS[:1])
+    with pytest.raises(ModelError, match="mlp.nope"):
+        methods.get("memit", layers=[0], module="model.layers.{}.mlp.nope").apply(
+            model, tok, FACTS[:1]
+        )
