@@ -6,6 +6,7 @@ folder, so a user mistake leaves nothing half-written.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +23,8 @@ from lucidml.core.config import seed_everything
 from lucidml.core.report import Report
 from lucidml.core.runs import Run, write_json, write_yaml
 from lucidml.errors import InputError
+
+log = logging.getLogger(__name__)
 
 MIN_SENTENCES = 4  # at least this many sentences, so both the fit and held-out parts have text
 
@@ -371,8 +374,14 @@ def pa_analysis(
 
 
 def best_layer(rows: list[dict], step: int = 0) -> dict:
-    """The held-out row of ``step`` with the highest TPR - FPR."""
-    return max((r for r in rows if r["step"] == step), key=lambda r: r["tpr"] - r["fpr"])
+    """The held-out row of ``step`` with the highest TPR - FPR among contextual layers.
+
+    Index 0 (the token embeddings) is left out when other layers were scored: a word's
+    own token embedding is identical at every occurrence, so it is exact by construction.
+    """
+    at_step = [r for r in rows if r["step"] == step]
+    contextual = [r for r in at_step if r["layer"] > 0] or at_step
+    return max(contextual, key=lambda r: r["tpr"] - r["fpr"])
 
 
 def pa_job(
@@ -413,9 +422,10 @@ def _pa_section(report: Report, word: str, rows: list[dict]) -> None:
     b = best_layer(rows, 0 if any(r["step"] == 0 for r in rows) else rows[0]["step"])
     report.heading(f"PA templates for '{word}'")
     report.text(
-        f"Best held-out layer at step {b['step']}: index {b['layer']} with TPR "
+        f"Best contextual layer at step {b['step']} on held-out text: index {b['layer']} with TPR "
         f"{b['tpr']:.3f}, FPR {b['fpr']:.4f} (tau {b['tau']:.3g}, {b['n_dims']} neurons; "
-        f"{b['n_fit']} fitting and {b['n_heldout']} held-out occurrences)."
+        f"{b['n_fit']} fitting and {b['n_heldout']} held-out occurrences). Index 0, the "
+        "token embeddings, is exact by construction and left out of the choice."
     )
     report.figure(
         plots.pa_layers(rows, word),
@@ -703,12 +713,13 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
             record_length=1000,
             **overrides.get(regime, {}),
         )
+        log.info("demo: RNN regime %s", regime)
         exp = rnn_experiment(cfg)
         results["rnn"][regime] = exp.results
         _rnn_section(exp, report)
 
     model, tok = _load(PAConfig.model_fields["model"].default)
-    sents = everyday_sentences(300 if quick else 800, seed=0)
+    sents = everyday_sentences(500 if quick else 1200, seed=0)
     fit_sents, held_sents = split_text(" ".join(sents), 0.3)
     n = model.config.num_hidden_layers
     # every index in full mode; in quick mode every third plus the graft layers and the middle
@@ -716,6 +727,7 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
     layers = sorted(
         set(range(0, n + 1, step)) | set(GraftConfig.model_fields["layers"].default) | {n // 2}
     )
+    log.info("demo: collecting %d layers of SmolLM2 on %d sentences", len(layers), len(sents))
     collections = collect_split(model, tok, fit_sents, held_sents, layers)
     results["pa"], results["graft"] = {}, []
     banks = {}
@@ -729,8 +741,10 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
     sampling = dict(
         top_p=gcfg.top_p, temperature=gcfg.temperature, max_new_tokens=gcfg.max_new_tokens
     )
+    log.info("demo: sampling the control arm")
     control = generate(model, tok, PROMPTS, gcfg.seed, **sampling)
     for word in DEMO_WORDS:
+        log.info("demo: grafting '%s'", word)
         templates = {ell: banks[word][(word, 0, ell)] for ell in gcfg.layers}
         effect = occurrence_effect(
             model,
@@ -758,6 +772,7 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
         )
     _graft_section(report, results["graft"])
     ucfg = UCDConfig(n_chunks=20 if quick else 100, epochs=10 if quick else 40, batch_size=256)
+    log.info("demo: unsupervised chunk discovery")
     results["ucd"] = ucd_analysis(model, tok, ucfg, fit_sents, held_sents, collections=collections)
     _ucd_section(report, results["ucd"])
     write_json(out_dir / "results.json", results)
