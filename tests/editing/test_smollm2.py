@@ -37,7 +37,7 @@ def test_rome_ten_counterfactuals_one_at_a_time(smollm2):
     records = [{"subject": s, "update": q, "ans": a} for s, q, a in COUNTERFACTS]
     loc_q, loc_a = zip(*LOCALITY, strict=True)
     before = score(model, tok, list(loc_q), list(loc_a))
-    editor = methods.get("rome", v_steps=20, corpus_tokens=4000)
+    editor = methods.get("rome")
     for r in records:  # sequential: each edit sees the previous ones
         model = editor.apply(model, tok, [r])
     rewrite = np.mean(
