@@ -21,7 +21,7 @@ def tiny_config(**changes) -> EvalConfig:
         lr_grid=[0.05],
         model=base.model.updated(width=16),
         recipe=base.recipe.updated(epochs=40, eval_every=10),
-        real=base.real.updated(epochs=30),
+        real=base.real.updated(epochs=30, lr=0.05),
     )
     return cfg.updated(**changes)
 

@@ -208,11 +208,7 @@ def score(
     data = load_dataset(dataset, data_root)
     x, y, soft = load_distilled(images, data, labels, soft_labels)
     evaluator = Evaluator(data, cfg, teacher_files=teachers, log=log)
-    evaluator.model_fn()
-    if teachers:
-        from lucidml.distill.teachers import load_teacher_files
-
-        load_teacher_files(teachers, evaluator.model_fn)  # fail before writing anything
+    evaluator.check({"syn": (x, y, soft)})  # fail before writing anything
     run = Run(
         "distill",
         out,

@@ -72,7 +72,8 @@ class Evaluator:
         m = self.cfg.model
         return build_model(m.name, c, self.data.n_classes, h, **m.kwargs())
 
-    def fit(self) -> Evaluator:
+    def split(self) -> Evaluator:
+        """Cheap preparation: model check, teacher files, validation split and ZCA."""
         cfg, data = self.cfg, self.data
         self.model_fn()  # an unknown model name fails here, before any training
         if self.teacher_files:
@@ -86,6 +87,13 @@ class Evaluator:
         self.train_x, self.train_y = self.prepare(data.train_x[kept]), data.train_y[kept]
         self.val = None if held is None else (self.prepare(data.train_x[held]), data.train_y[held])
         self.test = (self.prepare(data.test_x), data.test_y)
+        return self
+
+    def fit(self) -> Evaluator:
+        """Split the data, then load (or train and cache) the real-data models."""
+        cfg, data = self.cfg, self.data
+        if not hasattr(self, "train_x"):
+            self.split()
         key = {
             "data": data_hash(data),
             "split": cfg.selection,
@@ -175,34 +183,53 @@ class Evaluator:
             self._rdm_cache[key] = self._train_cell(labels, aug, [None], self.cfg.lr_grid, runs)[0]
         return self._rdm_cache[key]
 
+    def accuracy(
+        self, x: torch.Tensor, y: torch.Tensor, labels: str = "hard", aug: bool = True
+    ) -> list[float]:
+        """Selected test accuracy of each run's student trained on (x, y) in one condition."""
+        if not self._fitted:
+            self.fit()
+        x, y, _ = check_distilled(x, y, self.data)
+        runs = [derive_seed(self.cfg.seed, r) for r in range(self.cfg.num_eval)]
+        picks = self._train_cell(labels, aug, [(self.prepare(x), y, None)], self.cfg.lr_grid, runs)
+        return [p["acc"] for p in picks[0]]
+
     def score(
         self, x_syn: torch.Tensor, y_syn: torch.Tensor, soft_labels: torch.Tensor | None = None
     ) -> dict:
         """LRS and ARS of a distilled set (images in the dataset's [0, 1] pixel space)."""
         return self.score_many({"syn": (x_syn, y_syn, soft_labels)})["syn"]
 
-    def score_many(self, sets: dict[str, tuple]) -> dict[str, dict]:
-        """Score several distilled sets with equal images per class, training each cell's
-        students for all sets in one batched group. ``sets`` maps a name to
-        (x, y) or (x, y, soft_labels)."""
-        if not self._fitted:
-            self.fit()
-        cfg = self.cfg
+    def check(self, sets: dict[str, tuple]) -> dict[str, tuple]:
+        """Validate sets of (x, y) or (x, y, soft_labels) against the data; raise before any
+        training. Returns them as checked (x, y, soft) triples."""
+        if not hasattr(self, "train_x"):
+            self.split()
         checked = {}
         for name, item in sets.items():
             x, y, soft = (*item, None)[:3]
             checked[name] = check_distilled(x, y, self.data, soft)
-        counts = {name: class_counts(y) for name, (_, y, _) in checked.items()}
-        first = next(iter(counts.values()))
-        if any(c != first for c in counts.values()):
+        counts = [class_counts(y) for _, y, _ in checked.values()]
+        if any(c != counts[0] for c in counts):
             raise InputError("distilled sets scored together must have equal images per class")
-        for c, n in first.items():  # fail before training anything
+        for c, n in counts[0].items():
             have = int((self.train_y == c).sum())
             if n > have:
                 raise InputError(
                     f"IPC {n} for class {c} is larger than the {have} training "
                     "images that class has"
                 )
+        return checked
+
+    def score_many(self, sets: dict[str, tuple]) -> dict[str, dict]:
+        """Score several distilled sets with equal images per class, training each cell's
+        students for all sets in one batched group. ``sets`` maps a name to
+        (x, y) or (x, y, soft_labels)."""
+        checked = self.check(sets)
+        if not self._fitted:
+            self.fit()
+        cfg = self.cfg
+        first = class_counts(next(iter(checked.values()))[1])
         self._counts = first
         sources = [(self.prepare(x), y, soft) for x, y, soft in checked.values()]
         runs = [derive_seed(cfg.seed, r) for r in range(cfg.num_eval)]

@@ -1,0 +1,138 @@
+import json
+
+import pytest
+import torch
+
+from lucidml.cli import main
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+@pytest.fixture
+def tiny_preset(tmp_path):
+    from conftest import tiny_config
+
+    path = tmp_path / "tiny.yaml"
+    tiny_config(num_eval=1, recipe=tiny_config().recipe.updated(epochs=10)).to_yaml(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["rank", "--methods", "random,mtt"], "unknown method 'mtt'"),
+        (["rank", "--ipc", "500"], "IPC 500 is larger than the smallest class"),
+        (["rank", "--labels", "fuzzy"], "--labels must be 'hard' or 'soft'"),
+        (["rank", "--dataset", "imagenet-nowhere"], "unknown dataset 'imagenet-nowhere'"),
+        (["rank", "--preset", "nope"], "unknown preset 'nope'"),
+    ],
+)
+def test_rank_bad_input(args, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["distill", *args, "--out", str(out)], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (out / "results.json").exists()
+
+
+def test_score_bad_input(digits, tmp_path, capsys):
+    bad_channels = tmp_path / "rgb.pt"
+    torch.save({"images": torch.rand(10, 3, 8, 8), "labels": torch.arange(10)}, bad_channels)
+    short_labels = tmp_path / "short.pt"
+    torch.save({"images": torch.rand(10, 1, 8, 8), "labels": torch.arange(4)}, short_labels)
+    good = tmp_path / "good.pt"
+    torch.save({"images": torch.rand(10, 1, 8, 8), "labels": torch.arange(10)}, good)
+    too_many = tmp_path / "many.pt"
+    torch.save({"images": torch.rand(1000, 1, 8, 8), "labels": torch.zeros(1000).long()}, too_many)
+    cases = [
+        (["--images", str(bad_channels)], "channel count"),
+        (["--images", str(short_labels)], "one per image"),
+        (["--images", str(tmp_path / "nothing.pt")], "do not exist"),
+        (["--images", str(good), "--teacher", str(tmp_path / "t.pt")], "teacher checkpoint"),
+        (["--images", str(good), "--model-typo"], "No such option"),
+        (["--images", str(too_many)], "IPC 1000 for class 0 is larger"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "run"
+        code, _, err = run_cli(["distill", "score", *args, "--out", str(out)], capsys)
+        assert code == 2, args
+        assert message in err and "Traceback" not in err, (args, err)
+        assert not (out / "results.json").exists()
+
+
+def test_rank_writes_leaderboard(tmp_path, tiny_preset, capsys):
+    out = tmp_path / "rank"
+    code, stdout, _ = run_cli(
+        [
+            "distill",
+            "rank",
+            "--methods",
+            "random,noise",
+            "--ipc",
+            "1",
+            "--preset",
+            str(tiny_preset),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    for name in ("random", "noise"):
+        row = results["methods"][name]
+        for key in ("lrs_mean", "lrs_std", "ars_mean", "ars_std", "hlr_mean", "ior_mean"):
+            assert 0 <= row[key] <= 1 or key in ("hlr_mean", "ior_mean")
+    assert (out / "report.html").is_file() and (out / "config.yaml").is_file()
+    assert (out / "leaderboard_ipc1_hard.png").is_file()
+    assert "LRS" in stdout
+    # --resume reuses the finished work
+    code, _, _ = run_cli(
+        [
+            "distill",
+            "rank",
+            "--methods",
+            "random,noise",
+            "--ipc",
+            "1",
+            "--preset",
+            str(tiny_preset),
+            "--out",
+            str(out),
+            "--quiet",
+            "--resume",
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
+
+
+def test_score_a_tensor_file(digits, tmp_path, tiny_preset, capsys):
+    idx = torch.arange(0, 200, 20)
+    path = tmp_path / "mine.pt"
+    torch.save({"images": digits.train_x[idx], "labels": digits.train_y[idx]}, path)
+    out = tmp_path / "score"
+    code, stdout, _ = run_cli(
+        [
+            "distill",
+            "score",
+            "--images",
+            str(path),
+            "--preset",
+            str(tiny_preset),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0 and "LRS" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["lrs_mean"] <= 1
