@@ -25,6 +25,8 @@ def test_planted_levels_come_back_sorted():
     assert disc.codes.shape == (600,)
     assert disc.n_states == len({tuple(r) for r in truth})
     assert [disc.states[c] for c in disc.codes[:5]] == [tuple(r) for r in truth[:5]]
+    # new activity is read with the same centres
+    assert disc.encode(levels[truth[:4]] + 0.1) == [tuple(r) for r in truth[:4]]
 
 
 def test_discretize_handles_neurons_with_few_values_and_checks_shape():
@@ -39,8 +41,8 @@ def test_discretize_handles_neurons_with_few_values_and_checks_shape():
 def test_transport_writes_the_level_centres():
     H = np.array([[0.0, 10.0], [1.0, 20.0], [0.0, 20.0], [1.0, 10.0]])
     disc = dsc.discretize(H, n_bins=2)
-    np.testing.assert_allclose(dsc.transport(disc, (1, 0)), [1.0, 10.0])
-    np.testing.assert_allclose(dsc.transport(disc, disc.codes[1]), [1.0, 20.0])
+    np.testing.assert_allclose(disc.transport((1, 0)), [1.0, 10.0])
+    np.testing.assert_allclose(disc.transport(disc.codes[1]), [1.0, 20.0])
 
 
 def test_lookup_decoder_counts_unseen_states_as_errors():

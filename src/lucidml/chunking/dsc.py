@@ -65,6 +65,11 @@ class Discretization:
     def state_tuples(self) -> list[tuple[int, ...]]:
         return [self.states[c] for c in self.codes]
 
+    def transport(self, state: tuple[int, ...] | int) -> np.ndarray:
+        """The hidden vector whose neuron n sits at the centre of the state's level: c_{n, s_n}."""
+        levels = self.states[state] if isinstance(state, int | np.integer) else state
+        return self.centers[np.arange(len(levels)), np.asarray(levels)]
+
 
 def discretize(H, n_bins: int = 5, seed: int = 0) -> Discretization:
     """Cut each neuron of ``H`` (T, n_neurons) into ``n_bins`` k-means levels."""
@@ -77,12 +82,6 @@ def discretize(H, n_bins: int = 5, seed: int = 0) -> Discretization:
     return Discretization(
         centers, levels, codes.reshape(-1), [tuple(int(v) for v in row) for row in uniq]
     )
-
-
-def transport(disc: Discretization, state: tuple[int, ...] | int) -> np.ndarray:
-    """The hidden vector whose neuron n sits at the centre of the state's level: c_{n, s_n}."""
-    levels = disc.states[state] if isinstance(state, int | np.integer) else state
-    return disc.centers[np.arange(len(levels)), np.asarray(levels)]
 
 
 # --- lookup decoder -----------------------------------------------------------------------

@@ -27,7 +27,7 @@ def transport_prediction(
     ``then`` and return the predicted next symbol."""
     states = disc.state_tuples()
     sigma = dsc.most_frequent_state(states, trained.input_symbols, state_of)
-    h = torch.as_tensor(dsc.transport(disc, sigma), dtype=torch.float32)
+    h = torch.as_tensor(disc.transport(sigma), dtype=torch.float32)
     if then not in trained.alphabet:
         raise InputError(f"symbol {then!r} is not in the alphabet {trained.alphabet}")
     return trained.alphabet[trained.model.step_from(h, trained.alphabet.index(then))]
@@ -68,7 +68,7 @@ def graft_learning_curves(
     enc = Encoding.of(transfer, base.alphabet)
     states = disc.state_tuples()
     sigma = dsc.most_frequent_state(states, base.input_symbols, state_of)
-    h_graft = torch.as_tensor(dsc.transport(disc, sigma), dtype=torch.float32)
+    h_graft = torch.as_tensor(disc.transport(sigma), dtype=torch.float32)
     at_id, feed_id = base.alphabet.index(at), base.alphabet.index(feed)
 
     def perturb(inputs: torch.Tensor):
