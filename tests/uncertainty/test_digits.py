@@ -277,3 +277,32 @@ def test_epig_prefilter_keeps_the_pool_items_nearest_the_targets(fitted, digits_
     kept = _knn_prefilter(ctx, 30)
     brute = embedding_distances(bvlm, targets, pool).min(0).values.argsort()[:30]
     assert set(kept.tolist()) == set(brute.tolist())
+
+
+def test_finetuning_keeps_the_best_validation_epoch(fitted, digits_clip, digits):
+    bvlm, cls = fitted
+    pool = image_inputs(digits_clip, data.add_noise(digits.train_x[:300], seed=2))
+    y = digits.train_y[:300]
+    # a learning rate this large only makes things worse: the untuned weight must win
+    bad = al.finetune_image_projection(
+        bvlm,
+        pool[:20],
+        (y[:20] + 1) % 10,
+        pool[20:],
+        y[20:],
+        cls,
+        FinetuneConfig(lr=1.0, epochs=3),
+        seed=0,
+    )
+    torch.testing.assert_close(bad, bvlm.image_weight.float().double())
+    good = al.finetune_image_projection(
+        bvlm,
+        pool[:100],
+        y[:100],
+        pool[100:],
+        y[100:],
+        cls,
+        FinetuneConfig(lr=1e-3, epochs=20),
+        seed=0,
+    )
+    assert not torch.equal(good, bvlm.image_weight)
