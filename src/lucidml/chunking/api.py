@@ -160,7 +160,7 @@ def _rnn_figures(exp: RNNExperiment, report: Report) -> None:
         plots.chunk_counts(exp.results["top_chunks"], exp.results["true_chunks"]),
         f"{name}_dictionary",
         "Most frequent multi-state chunks, read as symbols "
-        "through the lookup decoder; chunks holding a planted word are orange.",
+        "through the lookup decoder; chunks holding a planted word are orange; distinct state chunks can read as the same symbols.",
     )
     if exp.graft is not None:
         report.figure(
