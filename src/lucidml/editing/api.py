@@ -118,9 +118,20 @@ def run(
     )
     result.pop("model")
     results = {"method": cfg.method, "model": cfg.model, **result}
-    r.write_results(results)
+    r.write_results(json_safe(results))
     _report(f"WikiBigEdit: {cfg.method} on {cfg.model}", {cfg.method: results}).save(r.path)
     return results
+
+
+def json_safe(obj):
+    """NaN (a metric with nothing to score) becomes null, so results.json is strict JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _fmt_row(name: str, final: dict, bwt: float) -> dict:
@@ -202,7 +213,7 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
         )
         results[name] = run(cfg, out_dir / "runs" / name, model=model, tokenizer=tok)
     summary = {m: {"final": r["final"], "bwt": r["bwt"], "R": r["R"]} for m, r in results.items()}
-    write_json(out_dir / "results.json", {"quick": quick, "methods": summary})
+    write_json(out_dir / "results.json", json_safe({"quick": quick, "methods": summary}))
     rep = _report("WikiBigEdit demo: every method on SmolLM2-135M", results)
     rep.text(
         f"Benchmark: {bench} (embedded snapshots 2022-06 -> 2023-06 -> 2024-11)."

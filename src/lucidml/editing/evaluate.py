@@ -208,39 +208,34 @@ def evaluate_records(
     per-record rewrite scores and the locality predictions.
     """
     cfg = cfg or EvalConfig()
-
-    def run(qs: list[str], ans: list[str]) -> Scores:
-        ctx = context_fn(qs) if context_fn is not None else None
-        return score(model, tokenizer, qs, ans, ctx, cfg.few_shot, cfg.batch_size)
-
-    ans = [r["ans"] for r in records]
-    rewrite = run([r["update"] for r in records], ans).accuracy
-    metrics = {"n": len(records), "rewrite": _mean(rewrite)}
-    with_reph = [r for r in records if r.get("rephrase")]
-    if with_reph:
-        metrics["rephrase"] = _mean(
-            run([r["rephrase"] for r in with_reph], [r["ans"] for r in with_reph]).accuracy
-        )
-    styles = sorted({s for r in records for s in (r.get("personas") or {})})
-    per_style = []
-    for style in styles:
-        rs = [r for r in records if style in (r.get("personas") or {})]
-        metrics[f"personas_{style}"] = _mean(
-            run([r["personas"][style] for r in rs], [r["ans"] for r in rs]).accuracy
-        )
-        per_style.append(metrics[f"personas_{style}"])
-    if per_style:
-        metrics["personas"] = _mean(per_style)
-    mh = [r for r in records if r.get("mhop")]
-    if mh:
-        metrics["mhop"] = _mean(run([r["mhop"] for r in mh], [r["mhop_ans"] for r in mh]).accuracy)
-    loc = [r for r in records if r.get("loc")]
-    loc_preds = []
-    if loc:
-        s = run([r["loc"] for r in loc], [r["loc_ans"] for r in loc])
-        metrics["loc_gold"], loc_preds = _mean(s.accuracy), s.predictions
-        if loc_reference is not None:
-            metrics["loc_agree"] = agreement(loc_reference, loc_preds)
+    # every probe of every record goes through one batched scoring pass
+    probes: list[tuple[str, str, str]] = []  # (metric, question, answer)
+    for r in records:
+        probes.append(("rewrite", r["update"], r["ans"]))
+        if r.get("rephrase"):
+            probes.append(("rephrase", r["rephrase"], r["ans"]))
+        for style, q in sorted((r.get("personas") or {}).items()):
+            probes.append((f"personas_{style}", q, r["ans"]))
+        if r.get("mhop"):
+            probes.append(("mhop", r["mhop"], r["mhop_ans"]))
+        if r.get("loc"):
+            probes.append(("loc_gold", r["loc"], r["loc_ans"]))
+    qs = [q for _, q, _ in probes]
+    ctx = context_fn(qs) if context_fn is not None and qs else None
+    s = score(model, tokenizer, qs, [a for *_, a in probes], ctx, cfg.few_shot, cfg.batch_size)
+    by_metric: dict[str, list[int]] = {}
+    for i, (metric, _, _) in enumerate(probes):
+        by_metric.setdefault(metric, []).append(i)
+    metrics = {"n": len(records)}
+    for metric, idx in by_metric.items():
+        metrics[metric] = _mean([s.accuracy[i] for i in idx])
+    rewrite = [s.accuracy[i] for i in by_metric.get("rewrite", [])]
+    styles = [m for m in by_metric if m.startswith("personas_")]
+    if styles:
+        metrics["personas"] = _mean([metrics[m] for m in styles])
+    loc_preds = [s.predictions[i] for i in by_metric.get("loc_gold", [])]
+    if loc_preds and loc_reference is not None:
+        metrics["loc_agree"] = agreement(loc_reference, loc_preds)
     if cfg.exact_match:
         ctx = context_fn([r["update"] for r in records]) if context_fn else None
         metrics["exact_match"] = _mean(
@@ -258,4 +253,5 @@ def evaluate_records(
                 for i, r in enumerate(records)
             ]
         )
+    metrics["rewrite"] = _mean(rewrite)
     return metrics, {"rewrite": rewrite, "loc_predictions": loc_preds}

@@ -168,6 +168,5 @@ def run_lifelong(
 def _json_line(row: dict) -> str:
     import json
 
-    from lucidml.core.runs import _to_jsonable
-
-    return json.dumps(row, default=_to_jsonable) + "\n"
+    clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+    return json.dumps(clean) + "\n"

@@ -190,18 +190,29 @@ def bundled_corpus() -> list[str]:
     from lucidml.editing import wikidata
 
     folder = resources.files("sklearn.datasets").joinpath("descr")
-    texts = [f.read_text() for f in sorted(folder.iterdir(), key=lambda f: f.name)
-             if f.name.endswith(".rst")]
+    texts = [
+        f.read_text()
+        for f in sorted(folder.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".rst")
+    ]
     prose = [p.strip() for t in texts for p in t.split("\n\n") if len(p.split()) > 8]
     snapshots = resources.files("lucidml.editing").joinpath("data/snapshots")
     first = sorted(f for f in snapshots.iterdir() if f.name.endswith(".jsonl"))[0]
     triples, labels, _ = wikidata.read_dump(Path(str(first)))
     name = dict(labels)
-    facts = [f"The {name[p]} of {name[s]} is {name[o]}." for s, p, o, _ in triples
-             if s in name and p in name and o in name]
+    facts = [
+        f"The {name[p]} of {name[s]} is {name[o]}."
+        for s, p, o, _ in triples
+        if s in name and p in name and o in name
+    ]
     # interleave so any token budget sees both kinds of text
-    return [x for pair in zip(prose, [" ".join(facts[i::len(prose)]) for i in range(len(prose))],
-                              strict=True) for x in pair]
+    return [
+        x
+        for pair in zip(
+            prose, [" ".join(facts[i :: len(prose)]) for i in range(len(prose))], strict=True
+        )
+        for x in pair
+    ]
 
 
 def read_corpus(path: str | None) -> list[str]:
