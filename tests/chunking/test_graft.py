@@ -138,3 +138,21 @@ def test_mentions_and_paired_stats():
     p, lo, hi = paired_stats(c, g)
     assert p == pytest.approx(2 * 0.5**6)  # 6 discordant pairs, all towards the graft
     assert 0 < lo <= 0.75 <= hi
+
+
+def test_collect_matches_one_sentence_at_a_time_and_keeps_sentence_order(llama3):
+    from lucidml.chunking.collect import collect, encode_sentences
+
+    model, tok = llama3
+    sents = ["the cat sees a big dog .", "a bird .", "my red car is old and small ."]
+    col = collect(model, tok, sents, layers=[0, 2, 3], batch_size=2)
+    enc = encode_sentences(tok, sents)
+    assert col.token_ids.tolist() == [t for e in enc for t in e]
+    assert col.sentence_ids.tolist() == [i for i, e in enumerate(enc) for _ in e]
+    start = len(enc[0])
+    with torch.no_grad():
+        alone = model(torch.tensor([enc[1]]), output_hidden_states=True).hidden_states
+    for ell in (0, 2, 3):
+        torch.testing.assert_close(
+            col.hidden[ell][start : start + len(enc[1])], alone[ell][0], atol=1e-5, rtol=1e-4
+        )

@@ -83,8 +83,7 @@ def collect(
     encoded = encode_sentences(tokenizer, sentences)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    hidden = {ell: [] for ell in layers}
-    tokens, sent_ids = [], []
+    rows: dict[int, list[torch.Tensor | None]] = {ell: [None] * len(encoded) for ell in layers}
     order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths share a batch
     for start in range(0, len(order), batch_size):
         batch = [int(i) for i in order[start : start + batch_size]]
@@ -97,19 +96,11 @@ def collect(
         out = model(
             input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True
         )
-        keep = mask.bool()
         for ell in layers:
-            hidden[ell].append((batch, out.hidden_states[ell].float().cpu(), keep))
-    # restore sentence order so that positions read naturally
-    per_sentence: dict[int, dict[int, torch.Tensor]] = {ell: {} for ell in layers}
-    for ell in layers:
-        for batch, h, keep in hidden[ell]:
-            for row, i in enumerate(batch):
-                per_sentence[ell][i] = h[row][keep[row]]
-    for i, e in enumerate(encoded):
-        tokens += e
-        sent_ids += [i] * len(e)
-    stacked = {
-        ell: torch.cat([per_sentence[ell][i] for i in range(len(encoded))]) for ell in layers
-    }
-    return Collection(stacked, np.array(tokens), np.array(sent_ids), n)
+            h = out.hidden_states[ell].float().cpu()
+            for row, i in enumerate(batch):  # right padding: the real tokens come first
+                rows[ell][i] = h[row, : len(encoded[i])]
+    stacked = {ell: torch.cat(rows[ell]) for ell in layers}  # back in sentence order
+    tokens = np.concatenate([np.asarray(e, dtype=np.int64) for e in encoded])
+    sent_ids = np.concatenate([np.full(len(e), i) for i, e in enumerate(encoded)])
+    return Collection(stacked, tokens, sent_ids, n)
