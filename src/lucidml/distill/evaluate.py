@@ -100,7 +100,8 @@ class Evaluator:
             "val_fraction": cfg.val_fraction,
             "model": cfg.model.model_dump(),
             "real": cfg.real.model_dump(),
-            "augment": cfg.augment.model_dump(),
+            "dsa": cfg.augment.dsa_strengths() if cfg.augment.dsa else None,  # what the real
+            "zca": cfg.augment.zca_eps if cfg.augment.zca else None,  # recipe uses, no mixing
             "teachers": cfg.num_teachers,
             "seed": cfg.seed,
         }
