@@ -16,14 +16,17 @@ def test_contract_shapes_with_torch_inputs():
     assert disc.codes.shape == (300,) and np.issubdtype(disc.codes.dtype, np.integer)
     assert disc.centers.shape == (8, 5)
 
-    d = dsc.learn_dictionary(["a", "b", "c"] * 40, n_rounds=6, merges_per_round=5, min_freq=10)
-    assert ("a", "b", "c") in d.chunks and all(isinstance(c, tuple) for c in d.chunks)
-    assert d.parse(["a", "b", "c", "a"])[0] == ("a", "b", "c")
+    symbols = ["a", "b", "c"] * 40
+    d = dsc.learn_dictionary(symbols, n_rounds=6, merges_per_round=5, min_freq=10)
+    assert ("a", "b") in d.chunks and all(isinstance(c, tuple) for c in d.chunks)
+    parse = d.parse(symbols)
+    assert [s for c in parse for s in c] == symbols and len(parse) < len(symbols)
 
     t = pa.fit(H, pos, n_train=5, seed=0)
     det = t.detect(H)
     assert det.shape == (300,) and det.dtype == bool
-    assert det[pos.numpy()].mean() > 0.8 and det.sum() <= len(pos) + 3
+    assert det[t.train_positions].all()  # theta is the largest training deviation
+    assert not np.delete(det, pos.numpy()).any()  # no unplanted row comes near the template
 
     m = ucd.fit(H, 3, seed=0, reseed_dead=True, epochs=3)
     assert m.assignments.shape == (300,) and m.centers.shape == (3, 8)
