@@ -251,7 +251,7 @@ def fit(
     train_t = torch.as_tensor(train)
     mu = H[train_t].mean(0)
     mask = (H[train_t] - mu).abs().max(0).values < best["tau"]
-    return Template(
+    template = Template(
         mask=mask,
         mean=mu[mask].clone(),
         theta=best["theta"],
@@ -264,6 +264,10 @@ def fit(
             "sweep_auc": sweep_auc([r["fpr"] for r in records], [r["tpr"] for r in records]),
         },
     )
+    # theta again with the detector's own arithmetic: the sweep's running sums round
+    # differently, and every training occurrence must pass its own threshold
+    template.theta = float(template.score(H[train_t]).max())
+    return template
 
 
 # --- a dictionary of templates ------------------------------------------------------------
