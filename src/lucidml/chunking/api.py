@@ -67,8 +67,8 @@ def rnn_experiment(cfg: RNNConfig) -> RNNExperiment:
         seed=cfg.seed,
         nonlinearity=cfg.nonlinearity,
         alphabet=seq.alphabet,
+        record_length=cfg.record_length,
     )
-    kw["record_length"] = cfg.record_length
     trained = train_rnn(seq.symbols, iters=cfg.n_iters, **kw)
     control = train_rnn(seq.symbols, iters=0, **kw)
     disc = dsc.discretize(trained.hidden, cfg.bins, cfg.seed)
@@ -159,8 +159,9 @@ def _rnn_figures(exp: RNNExperiment, report: Report) -> None:
     report.figure(
         plots.chunk_counts(exp.results["top_chunks"], exp.results["true_chunks"]),
         f"{name}_dictionary",
-        "Most frequent multi-state chunks, read as symbols "
-        "through the lookup decoder; chunks holding a planted word are orange; distinct state chunks can read as the same symbols.",
+        "Most frequent multi-state chunks, read as symbols through the lookup decoder; "
+        "chunks holding a planted word are orange. Distinct state chunks can read as the "
+        "same symbols.",
     )
     if exp.graft is not None:
         report.figure(
@@ -195,8 +196,9 @@ def _rnn_section(exp: RNNExperiment, report: Report) -> None:
         ]
     )
     report.text(
-        f"Planted chunks: {', '.join(r['true_chunks'])}. Recovered in the state "
-        f"dictionary: {', '.join(r['true_chunks_recovered']) or 'none'}."
+        f"Planted chunks: {', '.join(r['true_chunks'])}. Found inside a learnt state chunk "
+        f"(read through the decoder): {', '.join(r['true_chunks_recovered']) or 'none'}; "
+        f"as a chunk of its own: {', '.join(r['true_chunks_exact']) or 'none'}."
     )
     if "transport" in r:
         t = r["transport"]
@@ -442,6 +444,7 @@ def _pa_section(report: Report, word: str, rows: list[dict]) -> None:
 
 
 def _templates_for(cfg: GraftConfig, model, tok, text_path, templates_dir):
+    """Check where the templates come from now; return a function that makes them later."""
     if templates_dir is not None:
         bank = pa.TemplateBank.load(templates_dir)
         found = bank.for_word(cfg.word, 0)
