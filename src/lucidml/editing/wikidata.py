@@ -12,6 +12,7 @@ import bz2
 import gzip
 import json
 import os
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
@@ -97,6 +98,23 @@ def _chunks(path: Path, best_rank: bool, skip_errors: bool) -> Iterator[tuple]:
             line_no += len(lines)
 
 
+def _parsed_chunks(path: Path, best_rank: bool, skip: bool, processes: int) -> Iterator[tuple]:
+    """Parsed chunks in file order; with workers, at most 2 chunks per worker are in flight
+    (``Executor.map`` would read the whole dump into memory first)."""
+    chunks = _chunks(path, best_rank, skip)
+    if processes <= 1:
+        yield from map(_parse_lines, chunks)
+        return
+    with ProcessPoolExecutor(processes) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_parse_lines, chunk))
+            if len(pending) >= 2 * processes:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def read_dump(
     path: str | Path, *, on_error: str = "stop", processes: int = 1, best_rank: bool = True
 ) -> tuple[list[tuple], list[tuple], list[int]]:
@@ -109,22 +127,12 @@ def read_dump(
     skip = on_error == "skip"
     triples, labels, errors = [], [], []
     try:
-        if processes > 1:
-            with ProcessPoolExecutor(processes) as pool:
-                results = pool.map(_parse_lines, _chunks(path, best_rank, skip))
-                for t, lab, err in results:
-                    triples += t
-                    labels += lab
-                    errors += err
-                    if err and not skip:
-                        break
-        else:
-            for t, lab, err in map(_parse_lines, _chunks(path, best_rank, skip)):
-                triples += t
-                labels += lab
-                errors += err
-                if err and not skip:
-                    break
+        for t, lab, err in _parsed_chunks(path, best_rank, skip, processes):
+            triples += t
+            labels += lab
+            errors += err
+            if err and not skip:
+                break
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read dump file {path}: {exc}") from None
     if errors and not skip:
