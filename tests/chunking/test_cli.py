@@ -28,15 +28,19 @@ def run(argv, capsys):
 
 
 def test_rnn_command_writes_results_and_report(tmp_path, capsys):
-    code, out, _ = run(
+    code, out, err = run(
         ["chunking", "rnn", "--regime", "one_chunk", "--iters", "60", "--out", str(tmp_path)],
         capsys,
     )
-    assert code == 0 and "report:" in out
+    assert code == 0 and "report:" in out and "training the RNN" in err
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["regime"] == "one_chunk" and res["sequence_length"] == 200
     assert (tmp_path / "report.html").is_file() and (tmp_path / "config.yaml").is_file()
     assert (tmp_path / "one_chunk_states.png").is_file()
+    code, _, err = run(
+        ["chunking", "rnn", "--iters", "5", "--quiet", "--out", str(tmp_path / "q")], capsys
+    )
+    assert code == 0 and err == ""
 
 
 def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys):

@@ -24,7 +24,7 @@ from lucidml.core.report import Report
 from lucidml.core.runs import Run, write_json, write_yaml
 from lucidml.errors import InputError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  # a child of "lucidml.chunking": the CLI shows it
 
 MIN_SENTENCES = 4  # at least this many sentences, so both the fit and held-out parts have text
 
@@ -211,6 +211,7 @@ def _rnn_section(exp: RNNExperiment, report: Report) -> None:
 
 def rnn_job(cfg: RNNConfig, out: str | Path | None = None) -> Path:
     run = Run("chunking", out, cfg.resolved())
+    log.info("training the RNN on %s", cfg.regime)
     exp = rnn_experiment(cfg)
     report = Report(f"Neural chunking: RNN on {cfg.regime}")
     _rnn_section(exp, report)
@@ -402,6 +403,7 @@ def pa_job(
     )
     _require_occurrences(tok, held_sents, cfg.word, 1, "the held-out part of the text")
     run = Run("chunking", out, cfg)
+    log.info("PA for '%s' on %d + %d sentences", cfg.word, len(fit_sents), len(held_sents))
     bank, rows = pa_analysis(model, tok, cfg, fit_sents, held_sents)
     bank.save(run / "templates")
     results = {
@@ -518,6 +520,7 @@ def graft_job(
         with graft(model, make_templates(), cfg.positions):
             return generate(model, tok, prompts, cfg.seed, **sampling)
 
+    log.info("control and grafted arms on %d prompts", len(prompts))
     control = cached(run, "control", lambda: generate(model, tok, prompts, cfg.seed, **sampling))
     effect = score_arms(control, cached(run, "graft", grafted_texts), cfg.word, cfg.seed)
     results = {
@@ -653,6 +656,9 @@ def ucd_job(
             "text; lower --chunks or give more text"
         )
     run = open_run(cfg, out, resume)
+    log.info(
+        "UCD with %d chunks on %d + %d sentences", cfg.n_chunks, len(fit_sents), len(held_sents)
+    )
     rows = ucd_analysis(model, tok, cfg, fit_sents, held_sents, run)
     run.write_results({"model": cfg.model, "n_chunks": cfg.n_chunks, "layers": rows})
     report = Report(f"Unsupervised chunk discovery in {cfg.model}")

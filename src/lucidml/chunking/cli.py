@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lucidml.chunking.config import GraftConfig, PAConfig, RNNConfig, UCDConfig
+from lucidml.chunking.progress import set_verbosity
 
 app = typer.Typer(no_args_is_help=True, help="Neural population chunking: DSC, PA, grafting, UCD.")
 
@@ -36,6 +37,7 @@ Layers = Annotated[
     ),
 ]
 Seed = Annotated[int | None, typer.Option("--seed")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or stage messages.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")]
 Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | mps [cpu]")]
 
@@ -77,10 +79,12 @@ def rnn(
     ] = None,
     graft_repeats: Annotated[int | None, typer.Option("--graft-repeats")] = None,
     seed: Seed = None,
+    quiet: Quiet = False,
     config: ConfigFile = None,
     out: Out = None,
 ) -> None:
     """Train the Elman RNN on a planted-chunk regime and chunk its states (DSC)."""
+    set_verbosity(quiet)
     from lucidml.chunking.api import rnn_job
 
     cfg = _base(RNNConfig, config).updated(
@@ -108,10 +112,12 @@ def pa(
     select: Annotated[str | None, typer.Option("--select", help="accuracy | balanced")] = None,
     seed: Seed = None,
     device: Device = None,
+    quiet: Quiet = False,
     config: ConfigFile = None,
     out: Out = None,
 ) -> None:
     """Fit PA templates for a word per step and layer; score them on held-out sentences."""
+    set_verbosity(quiet)
     from lucidml.chunking.api import pa_job
 
     cfg = _base(PAConfig, config, word=word).updated(
@@ -143,11 +149,13 @@ def graft(
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
     seed: Seed = None,
     device: Device = None,
+    quiet: Quiet = False,
     config: ConfigFile = None,
     out: Out = None,
     resume: Resume = False,
 ) -> None:
     """Graft a word's templates into the prompt pass; compare word rates with a control."""
+    set_verbosity(quiet)
     from lucidml.chunking.api import graft_job
 
     cfg = _base(GraftConfig, config, word=word).updated(
@@ -169,11 +177,13 @@ def ucd(
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
     seed: Seed = None,
     device: Device = None,
+    quiet: Quiet = False,
     config: ConfigFile = None,
     out: Out = None,
     resume: Resume = False,
 ) -> None:
     """Learn unsupervised chunk embeddings (spherical k-means) per layer."""
+    set_verbosity(quiet)
     from lucidml.chunking.api import ucd_job
 
     cfg = _base(UCDConfig, config).updated(

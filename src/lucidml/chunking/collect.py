@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lucidml.chunking.progress import track
 from lucidml.errors import InputError
 
 # a full stop after these is not a sentence end
@@ -85,7 +86,8 @@ def collect(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows: dict[int, list[torch.Tensor | None]] = {ell: [None] * len(encoded) for ell in layers}
     order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths share a batch
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in track(starts, f"collecting {len(layers)} layers", total=len(starts)):
         batch = [int(i) for i in order[start : start + batch_size]]
         width = max(len(encoded[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)

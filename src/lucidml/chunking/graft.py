@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lucidml.chunking.pa import Template
+from lucidml.chunking.progress import track
 from lucidml.core.hooks import n_layers, patch, resid_module
 from lucidml.errors import InputError
 
@@ -107,7 +108,8 @@ def generate(
     texts = [_as_prompt(tokenizer, p, chat) for p in prompts]
     out = []
     try:
-        for b in range(0, len(texts), batch_size):
+        starts = range(0, len(texts), batch_size)
+        for b in track(starts, "sampling", total=len(starts)):
             enc = tokenizer(
                 texts[b : b + batch_size],
                 return_tensors="pt",

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from lucidml.chunking.progress import track
 from lucidml.errors import InputError, ShapeError
 
 
@@ -68,7 +69,7 @@ def fit(
     centers = torch.randn(n_chunks, X.shape[1], generator=gen).requires_grad_(True)
     opt = torch.optim.Adam([centers], lr=lr)
     losses, dead_log, reseeded = [], [], 0
-    for _ in range(epochs):
+    for _ in track(range(epochs), f"UCD, {n_chunks} chunks", total=epochs):
         wins = torch.zeros(n_chunks, dtype=torch.bool)
         total = 0.0
         for idx in torch.randperm(T, generator=gen).split(batch_size):
