@@ -88,6 +88,8 @@ def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys
             str(tmp_path / "pa" / "templates"),
             "--layers",
             "1",
+            "--positions",
+            "-2,-1",
             "--max-new-tokens",
             "4",
             "--out",
@@ -98,6 +100,8 @@ def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys
     assert code == 0, err
     res = json.loads((tmp_path / "graft" / "results.json").read_text())
     assert res["n_prompts"] == 2 and 0.0 <= res["graft_rate"] <= 1.0
+    saved = (tmp_path / "graft" / "config.yaml").read_text()
+    assert "positions:\n- -2\n- -1" in saved
 
     code, _, err = run(
         [

@@ -146,6 +146,10 @@ def graft(
         typer.Option("--templates", help="A templates folder written by `lucid chunking pa`."),
     ] = None,
     layers: Layers = None,
+    positions: Annotated[
+        str | None,
+        typer.Option("--positions", help="Prompt positions to graft, e.g. -3,-2,-1 [-1]."),
+    ] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
     seed: Seed = None,
     device: Device = None,
@@ -162,6 +166,7 @@ def graft(
         model=model,
         device=device,
         layers=_ints(layers, "--layers"),
+        positions=_ints(positions, "--positions"),
         max_new_tokens=max_new_tokens,
         seed=seed,
     )
