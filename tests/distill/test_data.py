@@ -56,9 +56,14 @@ def test_load_tensor_files_and_folders(digits, tmp_path):
         load_distilled(tmp_path / "missing.pt", digits)
     folder = tmp_path / "imgs"
     for i in range(4):
-        (folder / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        sub = folder / digits.class_names[i % 2]
+        sub.mkdir(parents=True, exist_ok=True)
         arr = (x[i, 0].numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(arr).save(folder / str(i % 2) / f"{i}.png")
+        Image.fromarray(arr).save(sub / f"{i}.png")
     fx, fy, _ = load_distilled(folder, digits)
     assert fx.shape == (4, 1, 8, 8) and sorted(fy.tolist()) == [0, 0, 1, 1]
-    assert torch.allclose(fx[0], x[0], atol=1 / 255)
+    zeros = fx[fy == 0]  # files 0.png and 2.png of the 'zero' folder, in name order
+    assert torch.allclose(zeros, x[[0, 2]], atol=0.5 / 255 + 1e-6)
+    (folder / "seven-ish").mkdir()
+    with pytest.raises(InputError, match="class folder 'seven-ish'"):
+        load_distilled(folder, digits)

@@ -20,7 +20,7 @@ def hard_eval(digits, tiny_cfg):
 @pytest.fixture(scope="module")
 def ipc10_sets(digits, hard_eval):
     x, y = digits.train_x[hard_eval.train_index], digits.train_y[hard_eval.train_index]
-    cfg = DistillConfig(dm_iterations=50)
+    cfg = DistillConfig(dm_iterations=50, dm_batch_real=64)
     return {m: distill(m, x, y, 10, seed=0, cfg=cfg) for m in ("random", "herding", "dm", "noise")}
 
 
@@ -86,9 +86,7 @@ def test_own_random_subset_scores_exactly_random(digits, tiny_cfg):
 
 
 def test_noise_lrs_below_random_and_scores_in_range(digits, tiny_cfg):
-    ev = Evaluator(
-        digits, tiny_cfg.updated(num_eval=2, augment=tiny_cfg.augment.updated(dsa=False))
-    ).fit()
+    ev = Evaluator(digits, tiny_cfg.updated(num_eval=2)).fit()
     x, y = digits.train_x[ev.train_index], digits.train_y[ev.train_index]
     sets = {m: distill(m, x, y, 2, seed=1) for m in ("random", "noise")}
     out = ev.score_many(sets)
@@ -98,7 +96,13 @@ def test_noise_lrs_below_random_and_scores_in_range(digits, tiny_cfg):
 
 
 def test_test_set_selection_is_flagged(digits, tiny_cfg):
-    ev = Evaluator(digits, tiny_cfg.updated(selection="test", num_eval=1)).fit()
+    cfg = tiny_cfg.updated(
+        selection="test",
+        num_eval=1,
+        real=tiny_cfg.real.updated(epochs=5),
+        recipe=tiny_cfg.recipe.updated(epochs=10),
+    )
+    ev = Evaluator(digits, cfg).fit()
     x, y = distill("random", digits.train_x, digits.train_y, 1, seed=3)
     out = ev.score(x, y)
     assert out["optimistic"] and out["runs"][0]["optimistic"]
