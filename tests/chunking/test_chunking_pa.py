@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import CHUNKS, lm_states
+from chunking_helpers import CHUNKS, lm_states
 
 from lucidml.chunking import pa
 from lucidml.errors import InputError

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import lm_states, planted_rows
+from chunking_helpers import lm_states, planted_rows
 
 from lucidml.chunking import pa
 from lucidml.chunking.graft import freeze, graft, mentions, occurrence_effect, paired_stats
