@@ -30,6 +30,8 @@ def tiny_preset(tmp_path):
         (["rank", "--labels", "fuzzy"], "--labels must be 'hard' or 'soft'"),
         (["rank", "--dataset", "imagenet-nowhere"], "unknown dataset 'imagenet-nowhere'"),
         (["rank", "--preset", "nope"], "unknown preset 'nope'"),
+        (["rank", "--model", "resnet999"], "model 'resnet999'"),
+        (["rank", "--num-eval", "0"], "num_eval"),
     ],
 )
 def test_rank_bad_input(args, message, tmp_path, capsys):

@@ -128,6 +128,7 @@ def rank(
             f"IPC {ipc} is larger than the smallest class of {dataset} ({smallest} training images)"
         )
     log = log or (lambda msg: None)
+    evaluator = Evaluator(data, cfg, log=log).split()  # a bad model name fails before writing
     run = Run(
         "distill",
         out,
@@ -142,7 +143,7 @@ def rank(
             "distill": distill_cfg,
         },
     )
-    evaluator = Evaluator(data, cfg, log=log).fit()
+    evaluator.fit()
     log(f"distilling {len(names)} sets at IPC {ipc}")
     sets = distill_all(data, names, ipc, cfg.seed, distill_cfg, evaluator.train_index)
     log(f"scoring with {cfg.labels} labels")

@@ -29,9 +29,17 @@ Preset = Annotated[
 ]
 Quick = Annotated[bool, typer.Option("--quick", help="Fewer runs and epochs, shorter LR grid.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress lines.")]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Student/teacher model: convnet, mlp, or a timm/torchvision "
+        "name with lucidml[vision] (default: the preset's).",
+    ),
+]
 
 
-def _resolve(dataset: str, labels: str, preset, num_eval, selection, seed):
+def _resolve(dataset: str, labels: str, preset, num_eval, selection, seed, model=None):
     from lucidml.distill.api import default_config
     from lucidml.distill.config import EvalConfig
 
@@ -40,6 +48,8 @@ def _resolve(dataset: str, labels: str, preset, num_eval, selection, seed):
         cfg = cfg.updated(
             labels=labels, loss="kl" if labels == "soft" and cfg.loss == "ce" else cfg.loss
         )
+    if model is not None:
+        cfg = cfg.updated(model=cfg.model.updated(name=model))
     return cfg.updated(num_eval=num_eval, selection=selection, seed=seed)
 
 
@@ -64,6 +74,7 @@ def rank(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     preset: Preset = None,
+    model: Model = None,
     data_root: DataRoot = None,
     quick: Quick = False,
     resume: Annotated[bool, typer.Option("--resume", help="Reuse finished work in --out.")] = False,
@@ -77,7 +88,7 @@ def rank(
     if labels not in ("hard", "soft"):
         raise InputError(f"--labels must be 'hard' or 'soft', got '{labels}'")
     api.parse_methods(methods)
-    cfg = _resolve(dataset, labels, preset, num_eval, selection, seed)
+    cfg = _resolve(dataset, labels, preset, num_eval, selection, seed, model)
     result = api.rank(
         dataset,
         ipc,
@@ -122,6 +133,7 @@ def score(
     selection: Annotated[str | None, typer.Option("--selection", help="val or test.")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     preset: Preset = None,
+    model: Model = None,
     data_root: DataRoot = None,
     quick: Quick = False,
     out: Out = None,
@@ -135,7 +147,7 @@ def score(
         raise InputError(f"--regime must be 'hard' or 'soft', got '{label_regime}'")
     if soft_labels is not None:
         label_regime = "soft"
-    cfg = _resolve(dataset, label_regime, preset, num_eval, selection, seed)
+    cfg = _resolve(dataset, label_regime, preset, num_eval, selection, seed, model)
     result = api.score(
         images,
         dataset,
