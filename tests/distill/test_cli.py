@@ -138,3 +138,44 @@ def test_score_a_tensor_file(digits, tmp_path, tiny_preset, capsys):
     assert code == 0 and "LRS" in stdout
     results = json.loads((out / "results.json").read_text())
     assert 0 <= results["lrs_mean"] <= 1
+
+
+def test_score_with_stored_soft_labels_uses_mode_s(digits, tmp_path, tiny_preset, capsys):
+    idx = torch.arange(0, 200, 20)
+    images, soft = tmp_path / "mine.pt", tmp_path / "soft.pt"
+    torch.save({"images": digits.train_x[idx], "labels": digits.train_y[idx]}, images)
+    torch.save(torch.randn(10, 10), soft)
+    out = tmp_path / "score"
+    code, _, _ = run_cli(
+        [
+            "distill",
+            "score",
+            "--images",
+            str(images),
+            "--soft-labels",
+            str(soft),
+            "--preset",
+            str(tiny_preset),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["labels"] == "soft" and results["soft_label_mode"] == "S"
+    code, _, err = run_cli(
+        [
+            "distill",
+            "score",
+            "--images",
+            str(images),
+            "--soft-labels",
+            str(images),
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "soft_labels" in err
