@@ -103,8 +103,10 @@ def test_exact_match_greedy(tiny_lm):
     from lucidml.editing import methods
 
     model, tok = tiny_lm
-    facts = [{"update": "who leads peru ?", "ans": "alice bob"},
-             {"update": "who leads chile ?", "ans": "carol"}]
+    facts = [
+        {"update": "who leads peru ?", "ans": "alice bob"},
+        {"update": "who leads chile ?", "ans": "carol"},
+    ]
     methods.get("ft", epochs=60, lr=1e-2, batch_size=2).apply(model, tok, facts)
     assert E.exact_match(model, tok, "who leads peru ?", "alice bob")
     assert E.exact_match(model, tok, "who leads chile ?", "carol")
