@@ -154,7 +154,7 @@ def run_lifelong(
             atomic_write_text(run / "metrics.jsonl", "".join(_json_line(r) for r in rows))
         if progress is not None:
             progress(t, rows[-1])
-    keys = [k for k in rows[0] if k not in ("timestep", "n_edits", "n")] if rows else []
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("timestep", "n_edits", "n")))
     return {
         "timesteps": rows,
         "running": running_means(rows, keys),
