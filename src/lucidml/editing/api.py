@@ -176,6 +176,7 @@ def _report(title: str, results: dict[str, dict]) -> Report:
             ts = [row["timestep"] for row in r["timesteps"]]
             ax.plot(ts, [row.get(key, math.nan) for row in r["timesteps"]], marker="o", label=m)
         ax.set_title(key)
+        ax.set_xticks(range(max((len(r["timesteps"]) for r in results.values()), default=0)))
         ax.set_xlabel("timestep")
         ax.set_ylim(-0.05, 1.05)
     axes[0].legend(fontsize=7)
