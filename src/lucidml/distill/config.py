@@ -132,7 +132,7 @@ class EvalConfig(Config):
         return cls.from_yaml(path)
 
     def quick(self) -> EvalConfig:
-        """Two runs, the two largest learning rates and a fifth of the epochs: the setting
+        """Two runs, the two largest learning rates and a quarter of the epochs: the setting
         `lucid tour` uses."""
         grid = sorted(self.lr_grid)[-2:]
         return self.updated(
