@@ -1,5 +1,5 @@
 import pytest
-from conftest import facts_dump
+from wikidata_fixtures import facts_dump
 
 from lucidml.editing import api, build, questions, wikidata
 from lucidml.editing.config import BuildConfig

@@ -4,7 +4,7 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import entity, prop_entity, snak, statement, write_dump
+from wikidata_fixtures import entity, prop_entity, snak, statement, write_dump
 
 from lucidml.editing import wikidata
 from lucidml.errors import InputError
