@@ -1,29 +1,21 @@
 import pytest
 import torch
+from distill_fixtures import tiny_config
 
-from lucidml.distill.config import EvalConfig
+
+@pytest.fixture(scope="session")
+def _distill_home_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("lucid_home")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _distill_home(tmp_path_factory):
-    """Teachers trained by these tests are cached in a throwaway LUCID_HOME."""
+@pytest.fixture(scope="module", autouse=True)
+def _distill_home(_distill_home_dir):
+    """Teachers trained by these tests are cached in a throwaway LUCID_HOME, only while
+    distill tests run (other systems keep the real cache of embedded models)."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("LUCID_HOME", str(tmp_path_factory.mktemp("lucid_home")))
+    mp.setenv("LUCID_HOME", str(_distill_home_dir))
     yield
     mp.undo()
-
-
-def tiny_config(**changes) -> EvalConfig:
-    """A digits recipe small enough for unit tests (ConvNet-2, width 16, few epochs)."""
-    base = EvalConfig.preset("digits-hard").model_copy(deep=True)
-    cfg = base.updated(
-        num_eval=3,
-        lr_grid=[0.05],
-        model=base.model.updated(width=16),
-        recipe=base.recipe.updated(epochs=40, eval_every=10),
-        real=base.real.updated(epochs=30, lr=0.05),
-    )
-    return cfg.updated(**changes)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from distill_fixtures import tiny_config
 
 from lucidml.cli import main
 
@@ -15,8 +16,6 @@ def run_cli(args, capsys):
 
 @pytest.fixture
 def tiny_preset(tmp_path):
-    from conftest import tiny_config
-
     path = tmp_path / "tiny.yaml"
     tiny_config(num_eval=1, recipe=tiny_config().recipe.updated(epochs=10)).to_yaml(path)
     return path
