@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -10,7 +11,7 @@ from lucidml.core.config import Config
 from lucidml.editing.evaluate import FEW_SHOT, encode
 
 
-class Editor:
+class Editor(ABC):
     """A knowledge editor: ``apply(model, tokenizer, records) -> model``.
 
     Records need at least ``update`` (the question) and ``ans``. Editors that keep state
@@ -25,8 +26,9 @@ class Editor:
     def __init__(self, **hparams):
         self.config = self.Config.from_dict(hparams, source=f"{self.name} hyperparameters")
 
+    @abstractmethod
     def apply(self, model, tokenizer, records: list[dict]):
-        raise NotImplementedError
+        """Edit ``model`` with ``records``; return the edited model."""
 
     def check(self, model) -> None:
         """Raise ModelError if the model lacks what this editor needs (before any work)."""
