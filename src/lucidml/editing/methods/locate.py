@@ -16,6 +16,7 @@ import torch
 from lucidml.core.config import Config
 from lucidml.core.hooks import Site, capture, get_module, n_layers, patch
 from lucidml.editing.evaluate import FEW_SHOT, encode_texts, format_example
+from lucidml.editing.methods.base import Editor
 from lucidml.errors import ModelError
 
 
@@ -291,3 +292,17 @@ def cached_covariance(
     cov = key_covariance(model, tokenizer, modules, corpus, cfg.corpus_tokens)
     atomic_write_bytes(path, save({m: c.contiguous() for m, c in cov.items()}))
     return cov
+
+
+class CovarianceEditor(Editor):
+    """A locate-then-edit method whose state across timesteps is its key covariance."""
+
+    def __init__(self, **hparams):
+        super().__init__(**hparams)
+        self.cov = None  # computed on the first apply, then reused and checkpointed
+
+    def state_dict(self):
+        return {"cov": self.cov}
+
+    def load_state_dict(self, state):
+        self.cov = state["cov"]

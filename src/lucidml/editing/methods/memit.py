@@ -6,8 +6,8 @@ import torch
 from pydantic import Field
 
 from lucidml.core.hooks import get_module
-from lucidml.editing.methods.base import Editor
 from lucidml.editing.methods.locate import (
+    CovarianceEditor,
     LocateConfig,
     cached_covariance,
     edit_batch,
@@ -30,15 +30,11 @@ def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) 
     return torch.linalg.solve(A, K @ R.T).T  # A is symmetric, so solve(A, K R^T)^T
 
 
-class MEMIT(Editor):
+class MEMIT(CovarianceEditor):
     """One batch per timestep: targets z_i at the top layer, then each layer takes its share."""
 
     name = "memit"
     Config = MEMITConfig
-
-    def __init__(self, **hparams):
-        super().__init__(**hparams)
-        self.cov: dict[str, torch.Tensor] | None = None
 
     def check(self, model):
         for layer in self.config.layers:
@@ -66,9 +62,3 @@ class MEMIT(Editor):
             with torch.no_grad():
                 weight += dw.to(weight.dtype)
         return model
-
-    def state_dict(self):
-        return {"cov": self.cov}
-
-    def load_state_dict(self, state):
-        self.cov = state["cov"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from lucidml.core.hooks import get_module
-from lucidml.editing.methods.base import Editor
 from lucidml.editing.methods.locate import (
+    CovarianceEditor,
     LocateConfig,
     cached_covariance,
     edit_batch,
@@ -34,13 +34,9 @@ def regularised(C: torch.Tensor, ridge: float) -> torch.Tensor:
     return C + ridge * C.diagonal().mean() * torch.eye(len(C), dtype=C.dtype)
 
 
-class ROME(Editor):
+class ROME(CovarianceEditor):
     name = "rome"
     Config = ROMEConfig
-
-    def __init__(self, **hparams):
-        super().__init__(**hparams)
-        self.cov: torch.Tensor | None = None
 
     def check(self, model):
         edit_module(model, self.config, self.config.layer)
@@ -61,9 +57,3 @@ class ROME(Editor):
             with torch.no_grad():
                 weight += dw.to(weight.dtype)
         return model
-
-    def state_dict(self):
-        return {"cov": self.cov}
-
-    def load_state_dict(self, state):
-        self.cov = state["cov"]
