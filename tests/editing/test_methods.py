@@ -216,9 +216,9 @@ def test_rome_edit_satisfies_wk_equals_v(tiny_lm, corpus):
     W0 = model.get_submodule(module).weight.detach().clone()
     edited = editor.apply(copy.deepcopy(model), tok, [record])
     # recompute the same k* and v* and check the edited matrix maps k* to v*
-    _, delta = locate.optimize_delta(model, tok, record, module, cfg)
-    k = locate.keys_at(model, module, locate.edit_batch(tok, record, cfg.prefixes)).double()
-    v = W0.double() @ k + delta.double()
+    _, delta = locate.optimize_deltas(model, tok, [record], module, cfg)
+    k = locate.keys_at(model, module, locate.edit_batch(tok, [record], cfg.prefixes))[0].double()
+    v = W0.double() @ k + delta[0].double()
     W1 = edited.get_submodule(module).weight.detach().double()
     assert torch.allclose(W1 @ k, v, atol=1e-4)
     assert torch.linalg.matrix_rank(W1 - W0.double(), rtol=1e-6).item() == 1
@@ -229,6 +229,28 @@ def tmp_path_of(corpus):
     from pathlib import Path
 
     return Path(corpus["corpus"]).parent
+
+
+def test_batched_deltas_equal_one_record_at_a_time(tiny_lm):
+    model, tok = tiny_lm
+    records = [
+        {"update": f"what is the capital of {c} ?", "ans": a, "subject": c}
+        for c, a in (("peru", "oslo"), ("chile", "cairo"), ("nepal", "suva"), ("iran", "rome"))
+    ]
+    cfg = locate.LocateConfig(v_steps=15, clamp_norm_factor=1e4)
+    module = locate.edit_module(model, cfg, 1)
+    h, delta = locate.optimize_deltas(model, tok, records, module, cfg)
+    for i, r in enumerate(records):
+        h1, d1 = locate.optimize_deltas(model, tok, [r], module, cfg)
+        assert torch.allclose(h[i], h1[0], atol=1e-5)
+        assert torch.allclose(delta[i], d1[0], atol=1e-4)
+    assert delta.norm(dim=-1).min() > 0
+    keys = locate.keys_at(model, module, locate.edit_batch(tok, records, cfg.prefixes))
+    assert torch.allclose(
+        keys[2],
+        locate.keys_at(model, module, locate.edit_batch(tok, records[2:3], cfg.prefixes))[0],
+        atol=1e-5,
+    )
 
 
 def test_memit_batch_edit(tiny_lm, corpus):

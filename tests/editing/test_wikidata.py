@@ -1,5 +1,6 @@
 import bz2
 import gzip
+import json
 
 import numpy as np
 import pandas as pd
@@ -81,7 +82,7 @@ def test_malformed_line_stop_or_skip(tmp_path):
 
 
 def test_processes_give_the_same_triples(tmp_path, monkeypatch):
-    monkeypatch.setattr(wikidata, "_CHUNK_LINES", 7)
+    monkeypatch.setattr(wikidata, "_BLOCK_BYTES", 200)  # many blocks, some mid-line
     ents = [
         entity(f"Q{i}", f"item {i}", {"P1": [statement("P1", f"Q{i + 1}")]}) for i in range(1, 40)
     ]
@@ -91,6 +92,20 @@ def test_processes_give_the_same_triples(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(
         wikidata.read_triples(tmp_path / "one"), wikidata.read_triples(tmp_path / "two")
     )
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_bad_line_numbers_are_right_across_blocks(tmp_path, monkeypatch, processes):
+    monkeypatch.setattr(wikidata, "_BLOCK_BYTES", 64)
+    lines = [json.dumps(entity(f"Q{i}", f"item {i}", {})) + "," for i in range(1, 30)]
+    lines[16] = '{"id": "Q17", "cla,'  # line 18 of the file: "[" is line 1
+    dump = tmp_path / "d.json"
+    dump.write_bytes(("[\n" + "\n".join(lines) + "\n]\n").encode() + b"\xff\xfe{}\n")
+    with pytest.raises(InputError, match="line 18"):
+        wikidata.parse_dump(dump, tmp_path / "stop", processes=processes)
+    stats = wikidata.parse_dump(dump, tmp_path / "skip", on_error="skip", processes=processes)
+    assert stats["skipped_lines"] == [18, 32]  # the truncated entity and the non-UTF-8 line
+    assert stats["labels"] == 28
 
 
 def _snap(tmp_path, name, triples):

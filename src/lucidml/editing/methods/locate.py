@@ -59,16 +59,48 @@ def subject_char_end(question: str, subject: str | None) -> int:
 
 @dataclass
 class EditBatch:
-    """Right-padded rows with the subject's last token per row.
+    """Right-padded rows of several records, with the subject's last token per row.
 
-    Edit rows are "prefix Q: question A: answer" (answer tokens marked); with
-    ``kl_row`` a last row "{subject} is a" carries the locality (KL) prompt.
+    Each record has one edit row "prefix Q: question A: answer" per prefix (answer tokens
+    marked); with ``kl_rows`` it also has a row "{subject} is a" for the locality (KL) term.
     """
 
     inputs: object  # evaluate.Batch
-    labels: torch.Tensor
+    labels: torch.Tensor  # (B, T) answer token ids, -100 elsewhere
     subject_pos: torch.Tensor  # (B,)
-    kl_last: int | None = None  # last token of the KL row
+    record: torch.Tensor  # (B,) which record each row belongs to
+    kl_row: torch.Tensor  # (B,) True on KL rows
+    last: torch.Tensor  # (B,) last real token of each row
+
+    @property
+    def n_records(self) -> int:
+        return int(self.record.max()) + 1
+
+    def rows(self, keep: torch.Tensor) -> EditBatch:
+        """The rows where ``keep`` is True, trimmed to their longest (right padding)."""
+        t = int(self.inputs.attention_mask[keep].sum(-1).max())
+        b = self.inputs
+        return EditBatch(
+            type(b)(
+                *(
+                    x[keep, :t]
+                    for x in (b.input_ids, b.attention_mask, b.position_ids, b.answer_mask)
+                )
+            ),
+            self.labels[keep, :t],
+            self.subject_pos[keep],
+            self.record[keep],
+            self.kl_row[keep],
+            self.last[keep],
+        )
+
+    def record_mean(self, rows: torch.Tensor) -> torch.Tensor:
+        """Mean of per-row vectors (B, d) over each record's edit rows -> (n_records, d)."""
+        edit = ~self.kl_row
+        out = torch.zeros(self.n_records, rows.shape[-1], dtype=rows.dtype, device=rows.device)
+        out.index_add_(0, self.record[edit], rows[edit])
+        counts = torch.bincount(self.record[edit], minlength=self.n_records)
+        return out / counts.unsqueeze(-1).to(rows.dtype)
 
 
 def _last_token_before(offsets, end: int) -> int:
@@ -76,21 +108,26 @@ def _last_token_before(offsets, end: int) -> int:
 
 
 def edit_batch(
-    tokenizer, record: dict, prefixes: list[str], device="cpu", kl_row: bool = False
+    tokenizer, records: list[dict], prefixes: list[str], device="cpu", kl_rows: bool = False
 ) -> EditBatch:
-    q, a = record["update"], record["ans"]
-    subject_end = subject_char_end(q, record.get("subject"))
-    texts, starts, ends = [], [], []
-    for p in prefixes:
-        text, start = format_example(q, a, p)
-        texts.append(text)
-        starts.append(start)
-        ends.append(len(p) + 3 + subject_end)
-    if kl_row:
-        subject = record.get("subject") or q[:subject_end]
-        texts.append(f"{subject} is a")
-        starts.append(len(texts[-1]))
-        ends.append(len(subject))
+    texts, starts, ends, owner, is_kl = [], [], [], [], []
+    for i, record in enumerate(records):
+        q, a = record["update"], record["ans"]
+        subject_end = subject_char_end(q, record.get("subject"))
+        for p in prefixes:
+            text, start = format_example(q, a, p)
+            texts.append(text)
+            starts.append(start)
+            ends.append(len(p) + 3 + subject_end)
+            owner.append(i)
+            is_kl.append(False)
+        if kl_rows:
+            subject = record.get("subject") or q[:subject_end]
+            texts.append(f"{subject} is a")
+            starts.append(len(texts[-1]))
+            ends.append(len(subject))
+            owner.append(i)
+            is_kl.append(True)
     b = encode_texts(tokenizer, texts, starts, "right")
     # unpadded offsets index the right-padded rows directly
     offsets = tokenizer(texts, return_offsets_mapping=True)["offset_mapping"]
@@ -100,7 +137,9 @@ def edit_batch(
         b.to(device),
         labels.to(device),
         torch.tensor(pos, device=device),
-        len(offsets[-1]) - 1 if kl_row else None,
+        torch.tensor(owner, device=device),
+        torch.tensor(is_kl, device=device),
+        b.attention_mask.sum(-1).to(device) - 1,
     )
 
 
@@ -110,76 +149,112 @@ def _forward(model, b):
     )
 
 
+def _at_subject(x: torch.Tensor, eb: EditBatch) -> torch.Tensor:
+    return x[torch.arange(len(x), device=x.device), eb.subject_pos]
+
+
 def keys_at(model, module: str, eb: EditBatch) -> torch.Tensor:
-    """Mean input of ``module`` at the subject's last token over the batch rows (d_in,)."""
+    """Mean input of ``module`` at the subject's last token, per record (n_records, d_in)."""
     with torch.no_grad(), capture(model, [Site(module, pre=True)]) as acts:
         _forward(model, eb.inputs)
-    k = acts[Site(module, pre=True)]
-    return k[torch.arange(len(k)), eb.subject_pos].mean(0)
+    return eb.record_mean(_at_subject(acts[Site(module, pre=True)], eb))
 
 
 def outputs_at(model, module: str, eb: EditBatch) -> torch.Tensor:
-    """Mean output of ``module`` at the subject's last token (d_out,)."""
+    """Mean output of ``module`` at the subject's last token, per record (n_records, d_out)."""
     with torch.no_grad(), capture(model, [module]) as acts:
         _forward(model, eb.inputs)
-    h = acts[module]
-    return h[torch.arange(len(h)), eb.subject_pos].mean(0)
+    return eb.record_mean(_at_subject(acts[module], eb))
 
 
-def optimize_delta(
-    model, tokenizer, record: dict, module: str, cfg: LocateConfig
+def optimize_deltas(
+    model, tokenizer, records: list[dict], module: str, cfg: LocateConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """delta added to ``module``'s output at the subject token so the model says the answer.
+    """Per record, delta added to ``module``'s output at the subject token so the model
+    says the record's answer. Records share forward passes.
 
-    Loss: answer NLL over the prefixed prompts + kl_factor * KL to the unedited
-    next-token distribution after "{subject} is a" + weight_decay * |delta|^2/|h|^2,
-    with |delta| clamped to clamp_norm_factor * |h|. One forward pass per step carries
-    the edit rows and the KL row. Returns (h, delta), h the unedited output at the
-    subject token (mean over the prefixed prompts).
+    Loss per record: answer NLL over the prefixed prompts + kl_factor * KL to the
+    unedited next-token distribution after "{subject} is a" + weight_decay *
+    |delta|^2/|h|^2, with |delta| clamped to clamp_norm_factor * |h|. The records' losses
+    are summed, so each delta gets exactly the gradient it would get alone (Adam is
+    elementwise). A record whose NLL falls below 0.05 keeps its delta and leaves the
+    batch, as a lone run would stop there. Returns (h, delta), both (n_records, d): h is
+    the unedited output at the subject token (mean over the prefixed prompts).
     """
     device = next(model.parameters()).device
-    eb = edit_batch(tokenizer, record, cfg.prefixes, device, kl_row=True)
-    n = len(cfg.prefixes)
+    full = edit_batch(tokenizer, records, cfg.prefixes, device, kl_rows=True)
+    n = len(records)
     with torch.no_grad(), capture(model, [module]) as acts:
-        base_logits = _forward(model, eb.inputs).logits
-    rows = torch.arange(n + 1, device=device)
-    h = acts[module][rows[:n], eb.subject_pos[:n]].mean(0)
-    base_logp = torch.log_softmax(base_logits[n, eb.kl_last].float(), -1)
+        base_logits = _forward(model, full.inputs).logits
+    h = full.record_mean(_at_subject(acts[module], full))
+    kl_rows = full.kl_row.nonzero().squeeze(-1)  # one per record, in record order
+    base_logp = torch.log_softmax(base_logits[kl_rows, full.last[kl_rows]].float(), -1)
+    del base_logits, acts
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.v_lr)
-    max_norm = cfg.clamp_norm_factor * h.norm()
-    labels, m = eb.labels[:n, 1:], eb.labels[:n, 1:] != -100
-
-    def add_delta(x):
-        x = x.clone()
-        x[rows, eb.subject_pos] += delta
-        return x
+    max_norm = cfg.clamp_norm_factor * h.norm(dim=-1, keepdim=True)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    kept = torch.zeros_like(h)
+    eb = full
 
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     try:
         for _ in range(cfg.v_steps):
-            with patch(model, module, add_delta):
-                logits = _forward(model, eb.inputs).logits
-            logp = torch.log_softmax(logits[:n, :-1].float(), -1)
-            tok_lp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            nll = -((tok_lp * m).sum(-1) / m.sum(-1)).mean()
-            if nll.item() < 5e-2:
+            nll, kl = _edit_losses(model, module, eb, delta, base_logp, n)
+            with torch.no_grad():
+                newly = (nll < 5e-2) & ~done
+                kept[newly] = delta[newly]
+                done |= newly
+            if bool(done.all()):
                 break
-            kl_logp = torch.log_softmax(logits[n, eb.kl_last].float(), -1)
-            kl = torch.nn.functional.kl_div(kl_logp, base_logp, log_target=True, reduction="sum")
-            loss = nll + cfg.kl_factor * kl + cfg.weight_decay * delta.norm() ** 2 / h.norm() ** 2
+            decay = (delta.norm(dim=-1) / h.norm(dim=-1)) ** 2
+            loss = (nll + cfg.kl_factor * kl + cfg.weight_decay * decay)[~done].sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
             with torch.no_grad():
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
+                norm = delta.norm(dim=-1, keepdim=True)
+                delta.mul_(torch.where(norm > max_norm, max_norm / norm, 1.0))
+                delta[done] = kept[done]
+            if bool(newly.any()):
+                eb = full.rows(~done[full.record])
     finally:
         for p in frozen:
             p.requires_grad_(True)
     return h, delta.detach()
+
+
+def _edit_losses(model, module, eb: EditBatch, delta, base_logp, n: int):
+    """Answer NLL and KL term per record (n,), for the records with rows in ``eb``."""
+    rows = torch.arange(len(eb.record), device=delta.device)
+
+    def add_delta(x):
+        x = x.clone()
+        x[rows, eb.subject_pos] += delta[eb.record]
+        return x
+
+    with patch(model, module, add_delta):
+        logits = _forward(model, eb.inputs).logits
+    edit_rows = (~eb.kl_row).nonzero().squeeze(-1)
+    labels = eb.labels[edit_rows, 1:]
+    m = labels != -100
+    # log-softmax only where an answer token is predicted; each record's answer tokens,
+    # over all its prefixed rows, weigh equally in its NLL
+    answer_logits = logits[edit_rows, :-1][m].float()
+    tok_lp = answer_logits.gather(-1, labels[m].unsqueeze(-1)).squeeze(-1)
+    tok_lp = tok_lp - answer_logits.logsumexp(-1)
+    answer_record = eb.record[edit_rows].unsqueeze(-1).expand_as(m)[m]
+    total = torch.zeros(n, device=delta.device).index_add(0, answer_record, tok_lp)
+    nll = -total / torch.bincount(answer_record, minlength=n).clamp(min=1)
+    kl_rows = eb.kl_row.nonzero().squeeze(-1)
+    kl_logp = torch.log_softmax(logits[kl_rows, eb.last[kl_rows]].float(), -1)
+    kl_each = torch.nn.functional.kl_div(
+        kl_logp, base_logp[eb.record[kl_rows]], log_target=True, reduction="none"
+    ).sum(-1)
+    kl = torch.zeros(n, device=delta.device).index_add(0, eb.record[kl_rows], kl_each)
+    return nll, kl
 
 
 def bundled_corpus() -> list[str]:

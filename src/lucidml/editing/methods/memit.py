@@ -13,15 +13,32 @@ from lucidml.editing.methods.locate import (
     edit_batch,
     edit_module,
     keys_at,
-    optimize_delta,
+    optimize_deltas,
     outputs_at,
 )
 
 
 class MEMITConfig(LocateConfig):
     layers: list[int] = Field(default_factory=lambda: [4, 5, 6, 7, 8])  # reference
-    mom2_weight: float = 15000.0  # lambda
+    # lambda; None = the reference's 15,000 scaled by this model's key width (see key_scaled)
+    mom2_weight: float | None = None
     block: str = "model.layers.{}"  # residual stream after this block holds z
+    z_batch: int = 16  # records whose targets are optimised together (memory ~ z_batch)
+
+
+REFERENCE_LAMBDA = 15000.0
+REFERENCE_KEY_DIM = 14336  # down_proj input width of Llama-3-8B, the reference's model
+
+
+def key_scaled(key_dim: int, lam: float = REFERENCE_LAMBDA) -> float:
+    """lambda for keys of width ``key_dim`` that matches the reference's balance.
+
+    A key drawn from the covariance C has k^T C^-1 k ~ key_dim, so an edit's share of
+    the update, against lam * C, grows with the key width. Keeping lam / key_dim fixed
+    keeps that share: on SmolLM2 (width 1536, lam 1607) ten batched counterfactuals reach
+    rewrite 0.97, where the unscaled 15,000 reaches 0.36.
+    """
+    return lam * key_dim / REFERENCE_KEY_DIM
 
 
 def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
@@ -49,16 +66,18 @@ class MEMIT(CovarianceEditor):
         if self.cov is None:
             self.cov = cached_covariance(model, tokenizer, modules, cfg)
         device = next(model.parameters()).device
-        batches = [edit_batch(tokenizer, r, cfg.prefixes, device) for r in records]
-        z = torch.stack(
-            [h + d for h, d in (optimize_delta(model, tokenizer, r, top, cfg) for r in records)]
+        chunks = [records[i : i + cfg.z_batch] for i in range(0, len(records), cfg.z_batch)]
+        z = torch.cat(
+            [torch.add(*optimize_deltas(model, tokenizer, c, top, cfg)) for c in chunks]
         ).double()
+        batches = [edit_batch(tokenizer, c, cfg.prefixes, device) for c in chunks]
         for i, module in enumerate(modules):
-            K = torch.stack([keys_at(model, module, b) for b in batches]).double().T
-            h = torch.stack([outputs_at(model, top, b) for b in batches]).double()
+            K = torch.cat([keys_at(model, module, b) for b in batches]).double().T
+            h = torch.cat([outputs_at(model, top, b) for b in batches]).double()
             R = (z - h).T / (len(modules) - i)
             weight = get_module(model, module).weight
-            dw = memit_update(R, K, self.cov[module].to(K.device), cfg.mom2_weight)
+            lam = cfg.mom2_weight if cfg.mom2_weight is not None else key_scaled(len(K))
+            dw = memit_update(R, K, self.cov[module].to(K.device), lam)
             with torch.no_grad():
                 weight += dw.to(weight.dtype)
         return model

@@ -12,7 +12,7 @@ from lucidml.editing.methods.locate import (
     edit_batch,
     edit_module,
     keys_at,
-    optimize_delta,
+    optimize_deltas,
 )
 
 
@@ -50,9 +50,10 @@ class ROME(CovarianceEditor):
             )
         weight = get_module(model, module).weight
         for record in records:
-            h, delta = optimize_delta(model, tokenizer, record, module, cfg)
-            k = keys_at(model, module, edit_batch(tokenizer, record, cfg.prefixes, weight.device))
-            v = weight.detach().double() @ k.double() + delta.double()
+            _, delta = optimize_deltas(model, tokenizer, [record], module, cfg)
+            eb = edit_batch(tokenizer, [record], cfg.prefixes, weight.device)
+            k = keys_at(model, module, eb)[0]
+            v = weight.detach().double() @ k.double() + delta[0].double()
             dw = rome_update(weight.detach().double(), self.cov.to(k.device), k.double(), v)
             with torch.no_grad():
                 weight += dw.to(weight.dtype)
