@@ -14,8 +14,8 @@ import torch
 
 from lucidml.editing.config import EvalConfig
 
-# The shot is about an entity no Wikidata stream edits. An entity that edits touch (the
-# reference shot is about France, whose head of government changes) puts the edited
+# The shot is about an entity no Wikidata stream edits. An entity that edits touch (our
+# first shot was about France, whose head of government changes) puts the edited
 # subject into every scored prompt: each edit then shifts every probe's answer, and on
 # SmolLM2 ten sequential ROME counterfactuals left a locality agreement of 0.69 with the
 # France shot and 0.85 with this one.
