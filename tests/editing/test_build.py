@@ -172,18 +172,19 @@ def test_questions_are_deterministic_and_filtered():
         [
             "Who leads the government?",  # misses the subject
             "Is Shigeru Ishiba the leader of Japan?",  # leaks the answer
-            "Who runs the cabinet of Japan?",
+            "The head of government of Japan is the Emperor.",  # answers instead of asking
+            "Who is the head of government of Japan?",  # the source question again
+            "Who runs the cabinet of Japan?",  # valid
         ]
-    )  # valid
+    )
+    source = "Who is the head of government of Japan?"
     kept = [
-        questions.propose(lambda _: next(canned), "", "fallback", "Japan", "Shigeru Ishiba")
-        for _ in range(3)
+        questions.propose(
+            lambda _: next(canned), "", "fallback", "Japan", "Shigeru Ishiba", source=source
+        )
+        for _ in range(5)
     ]
-    assert kept == [
-        ("fallback", False),
-        ("fallback", False),
-        ("Who runs the cabinet of Japan?", True),
-    ]
+    assert kept == [("fallback", False)] * 4 + [("Who runs the cabinet of Japan?", True)]
     assert not questions.acceptable("Who leads Japan?", "Japan", "Shigeru Ishiba", obj="Ishiba")
 
 
@@ -241,3 +242,24 @@ def test_embedded_benchmark(tmp_path):
         assert questions.acceptable(r["update"], r["subject"], r["ans"])
         assert len(r["personas"]) == 5
     assert (tmp_path / "bench" / "timestep_001.parquet").is_file()
+
+
+def test_prompts_cover_every_persona():
+    q = "Who is the head coach of Liverpool F.C.?"
+    assert questions.rephrase_instruction(q).endswith(
+        f"Question: {q}\nSame question in other words:"
+    )
+    for style in questions.PERSONAS:
+        assert questions.persona_instruction(q, style).endswith(f"Question: {q}\nAs a {style}:")
+
+
+def test_transformers_llm_decodes_one_line(tiny_lm):
+    model, tok = tiny_lm
+    llm = questions.TransformersQuestionLLM(model, tok, max_new_tokens=6)
+    out = llm(questions.rephrase_instruction("what is the capital of peru ?"))
+    assert isinstance(out, str) and 0 < len(out.split()) <= 6
+    # a random model's words are no question about peru: the template stands
+    assert questions.propose(llm, "what is the capital of peru ?", "fb", "peru", "lima") == (
+        "fb",
+        False,
+    )

@@ -104,3 +104,28 @@ def test_memit_ten_counterfactuals_in_one_batch(smollm2):
     )
     assert rewrite >= 0.9  # measured 0.97
     assert locality >= 0.7  # measured 0.89
+
+
+@pytest.mark.slow
+def test_smollm2_rewrites_questions(smollm2):
+    """SmolLM2 as the question LLM: how many of 30 rewrites pass the acceptance filter."""
+    from lucidml.editing import questions as Q
+
+    llm = Q.TransformersQuestionLLM(*smollm2)
+    cases = [
+        ("Who is the head of government of France?", "France", "Michel Barnier"),
+        ("Which club does Kylian Mbappé play for?", "Kylian Mbappé", "Real Madrid CF"),
+        ("Who is the chief executive officer of Starbucks?", "Starbucks", "Brian Niccol"),
+        ("What is the capital of Indonesia?", "Indonesia", "Nusantara"),
+        ("Who is the head coach of Liverpool F.C.?", "Liverpool F.C.", "Arne Slot"),
+    ]
+    kept = []
+    for q, s, a in cases:
+        prompts = [Q.rephrase_instruction(q)] + [Q.persona_instruction(q, p) for p in Q.PERSONAS]
+        for prompt in prompts:
+            text, from_llm = Q.propose(llm, prompt, "", s, a, source=q)
+            if from_llm:
+                kept.append(text)
+                assert text.endswith("?") and s in text and a not in text
+    assert len(kept) >= 10  # measured 17 of 30
+    assert "Which team does Kylian Mbappé play for?" in kept

@@ -148,12 +148,17 @@ def make_record(edit, labels, templates, cfg, timestep, llm=None) -> dict | None
     if not Q.acceptable(question, s, o):
         return None
     rephrase, from_llm = Q.propose(
-        llm, Q.rephrase_instruction(question), templates.rephrase(edit.property, s, rel), s, o
+        llm,
+        Q.rephrase_instruction(question),
+        templates.rephrase(edit.property, s, rel),
+        s,
+        o,
+        source=question,
     )
     personas = {}
     for style, wrapped in Q.personas(question).items():
         personas[style], used = Q.propose(
-            llm, Q.persona_instruction(question, style), wrapped, s, o
+            llm, Q.persona_instruction(question, style), wrapped, s, o, source=question
         )
         from_llm |= used
     tag = "update" if edit.kind == "added" and cfg.compat_added_as_update else edit.kind

@@ -113,57 +113,136 @@ def personas(question: str) -> dict[str, str]:
 
 
 def propose(
-    llm: QuestionLLM | None, instruction: str, fallback: str, subject: str, answer: str
+    llm: QuestionLLM | None,
+    instruction: str,
+    fallback: str,
+    subject: str,
+    answer: str,
+    source: str | None = None,
 ) -> tuple[str, bool]:
     """The LLM's question if it passes the acceptance filter, else the fallback.
 
-    Returns (question, came_from_llm).
+    Beyond the reference filter, a proposal must read as one question (end with "?") and
+    differ from ``source``, the question it rewrites: SmolLM2 often answers instead
+    ("The capital of Indonesia is Jakarta.") or copies the question, and both passed the
+    reference filter. Returns (question, came_from_llm).
     """
     if llm is not None:
         text = llm(instruction).strip().splitlines()
         candidate = text[0].strip() if text else ""
-        if acceptable(candidate, subject, answer):
+        if (
+            candidate.endswith("?")
+            and (source is None or words(candidate) != words(source))
+            and acceptable(candidate, subject, answer)
+        ):
             return candidate, True
     return fallback, False
 
 
+# Completion-style prompts with two worked examples: small instruct models (SmolLM2-135M)
+# answer a chat request to rewrite a question, but continue this pattern faithfully.
+_EXAMPLES = (
+    ("Who is the mayor of Paris?", "What is the currency of Japan?"),
+    {
+        "rephrase": (
+            "Which person serves as the mayor of Paris?",
+            "Which currency is used in Japan?",
+        ),
+        "detective": (
+            "My investigation needs one fact: who is the mayor of Paris?",
+            "A clue points to Japan's money: what is its currency?",
+        ),
+        "casual": (
+            "Hey, who's the mayor of Paris these days?",
+            "So what money do they use in Japan?",
+        ),
+        "pirate": (
+            "Arr, who be the mayor o' Paris, matey?",
+            "Arr, what coin do they trade in Japan, matey?",
+        ),
+        "philosopher": (
+            "In the order of civic life, who holds the office of mayor of Paris?",
+            "What medium of exchange, in essence, serves Japan as its currency?",
+        ),
+        "caveman": ("Who big chief of Paris town, mayor?", "What shiny money Japan use?"),
+    },
+)
+
+
+def _pattern(header: str, label: str, style: str, question: str) -> str:
+    sources, rewrites = _EXAMPLES
+    shots = "".join(
+        f"Question: {q}\n{label}: {r}\n" for q, r in zip(sources, rewrites[style], strict=True)
+    )
+    return f"{header}\n{shots}Question: {question}\n{label}:"
+
+
 def rephrase_instruction(question: str) -> str:
-    return (
-        "Rewrite the question in different words. Keep every name exactly as written "
-        f"and do not answer it.\nQuestion: {question}\nRewritten question:"
+    return _pattern(
+        "Each question is said again in other words, keeping every name.",
+        "Same question in other words",
+        "rephrase",
+        question,
     )
 
 
 def persona_instruction(question: str, style: str) -> str:
-    return (
-        f"Rewrite the question as a {style} would ask it. Keep every name exactly as "
-        f"written and do not answer it.\nQuestion: {question}\nRewritten question:"
+    return _pattern(
+        f"Each question is asked again the way a {style} would ask it, keeping every name.",
+        f"As a {style}",
+        style,
+        question,
     )
 
 
 class TransformersQuestionLLM:
-    """A QuestionLLM over any transformers causal LM (greedy decoding, chat template if any)."""
+    """A QuestionLLM over any transformers causal LM: greedy decoding of one line.
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 40, name: str = "llm"):
+    ``chat=True`` wraps the prompt in the tokenizer's chat template; the default
+    continues the prompt as plain text, which the bundled prompts are written for.
+    """
+
+    def __init__(
+        self, model, tokenizer, max_new_tokens: int = 40, name: str = "llm", chat: bool = False
+    ):
         self.model, self.tokenizer = model, tokenizer
-        self.max_new_tokens, self.name = max_new_tokens, name
+        self.max_new_tokens, self.name, self.chat = max_new_tokens, name, chat
 
     def __call__(self, prompt: str) -> str:
         import torch
 
         tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
+        text = prompt
+        if self.chat and getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
             )
-        else:
-            text = prompt
         enc = tok(text, return_tensors="pt", add_special_tokens=False)
+        device = next(self.model.parameters()).device
         with torch.no_grad():
             out = self.model.generate(
-                **enc,
+                **{k: v.to(device) for k, v in enc.items()},
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
+                stopping_criteria=[_LineDone(tok, enc["input_ids"].shape[1])],
             )
         return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+class _LineDone:
+    """A generate() stopping criterion: stop once the new text holds a line break after
+    some content, since propose() reads one line. (transformers' ``stop_strings`` fails
+    on word-level tokenizers; generate() takes any callable here.)"""
+
+    def __init__(self, tokenizer, start: int):
+        self.tokenizer, self.start = tokenizer, start
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = [
+            "\n" in self.tokenizer.decode(row[self.start :], skip_special_tokens=True).lstrip()
+            for row in input_ids
+        ]
+        return torch.tensor(done, device=input_ids.device)
