@@ -6,6 +6,7 @@ weights, so evaluation, checkpoints and the next editor see ordinary parameters.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -72,7 +73,10 @@ def train_merged_lora(
         lora_dropout=0.0,
         bias="none",
     )
-    wrapped = get_peft_model(model, peft_cfg)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated is_gradient_checkpointing; not ours to fix
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        wrapped = get_peft_model(model, peft_cfg)
     if adapter is not None:
         set_peft_model_state_dict(wrapped, adapter)
     params = [p for p in wrapped.parameters() if p.requires_grad]
