@@ -263,3 +263,17 @@ def test_transformers_llm_decodes_one_line(tiny_lm):
         "fb",
         False,
     )
+
+
+def test_build_from_dumps_removes_its_folder_when_a_dump_is_bad(tmp_path):
+    good = facts_dump(tmp_path / "old.json", OLD, LABELS, PROPS)
+    bad = tmp_path / "new.json"
+    bad.write_text(good.read_text().replace('"id": "Q5"', '"id": "Q5", oops', 1))
+    with pytest.raises(InputError, match="line"):
+        api.build([good, bad], tmp_path / "bench")
+    assert not (tmp_path / "bench").exists()
+    folder, manifest = api.build(
+        [good, facts_dump(tmp_path / "n.json", NEW, LABELS, PROPS)], tmp_path / "bench"
+    )
+    assert (folder / "snapshots" / "old" / wikidata.TRIPLES).is_file()
+    assert manifest

@@ -108,6 +108,33 @@ def test_bad_line_numbers_are_right_across_blocks(tmp_path, monkeypatch, process
     assert stats["labels"] == 28
 
 
+def test_parse_streams_row_groups(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(wikidata, "_ROW_GROUP", 5)
+    monkeypatch.setattr(wikidata, "_BLOCK_BYTES", 300)
+    ents = [
+        entity(f"Q{i}", f"item {i}", {"P1": [statement("P1", f"Q{i + 1}")]}) for i in range(1, 40)
+    ]
+    dump = write_dump(tmp_path / "d.json", ents)
+    stats = wikidata.parse_dump(dump, tmp_path / "snap")
+    assert stats["triples"] == 39 and stats["labels"] == 39
+    assert pq.ParquetFile(tmp_path / "snap" / wikidata.TRIPLES).metadata.num_row_groups > 3
+    triples, labels, _ = wikidata.read_dump(dump)
+    got = wikidata.read_triples(tmp_path / "snap")
+    assert list(got.itertuples(index=False, name=None)) == triples
+    assert wikidata.read_labels(tmp_path / "snap") == dict(labels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "snap"]  # no staging left
+
+
+def test_empty_dump_gives_empty_tables(tmp_path):
+    dump = tmp_path / "empty.json"
+    dump.write_text("[\n]\n")
+    assert wikidata.parse_dump(dump, tmp_path / "snap")["triples"] == 0
+    got = wikidata.read_triples(tmp_path / "snap")
+    assert len(got) == 0 and list(got.columns)[:3] == ["subject", "property", "object"]
+
+
 def _snap(tmp_path, name, triples):
     wikidata.write_snapshot(tmp_path / name, [(*t, "normal") for t in triples], [])
     return tmp_path / name

@@ -96,11 +96,16 @@ def default_root() -> Path:
     return Path(os.environ.get("LUCID_RUNS", "runs"))
 
 
+def run_dir_path(system: str, out: str | Path | None = None) -> Path:
+    """The run folder's path, not created: ``out`` if given, else ``runs/<system>/<timestamp>``."""
+    if out is not None:
+        return Path(out)
+    return default_root() / system / time.strftime("%Y%m%d-%H%M%S")
+
+
 def make_run_dir(system: str, out: str | Path | None = None) -> Path:
     """Create (or reuse) the run folder: ``out`` if given, else ``runs/<system>/<timestamp>``."""
-    path = (
-        Path(out) if out is not None else default_root() / system / time.strftime("%Y%m%d-%H%M%S")
-    )
+    path = run_dir_path(system, out)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".lucid-write-test"

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
+import shutil
 from importlib import resources
 from pathlib import Path
 
 from lucidml.core.config import seed_everything
 from lucidml.core.report import Report
-from lucidml.core.runs import Run, make_run_dir, write_json
+from lucidml.core.runs import Run, make_run_dir, run_dir_path, write_json
 from lucidml.editing import build as B
 from lucidml.editing import methods, wikidata
 from lucidml.editing.config import BuildConfig, EvalConfig, RunConfig
 from lucidml.editing.lifelong import run_lifelong
 from lucidml.editing.questions import Templates
-from lucidml.errors import InputError
+from lucidml.errors import InputError, LucidError
 
 METRICS = ("rewrite", "rephrase", "personas", "mhop", "loc_gold", "loc_agree", "past")
 
@@ -32,29 +33,26 @@ def parse(
     processes: int = 1,
     best_rank: bool = True,
 ) -> tuple[Path, dict]:
-    """Parse one dump into a snapshot folder (triples and labels as Parquet).
+    """Parse one dump into a snapshot folder (triples and labels as Parquet), streaming.
 
-    The dump is read before the folder is made, so a bad dump leaves nothing behind.
+    The folder appears only once the whole dump has parsed, so a bad dump leaves nothing.
     """
-    triples, labels, skipped = wikidata.read_dump(
-        dump, on_error=on_error, processes=processes, best_rank=best_rank
+    folder = run_dir_path("editing", out)
+    stats = wikidata.parse_dump(
+        dump, folder, on_error=on_error, processes=processes, best_rank=best_rank
     )
-    folder = make_run_dir("editing", out)
-    wikidata.write_snapshot(folder, triples, labels)
-    stats = {"triples": len(triples), "labels": len(labels), "skipped_lines": skipped}
     write_json(folder / "results.json", {"dump": str(dump), **stats})
     return folder, stats
 
 
-def _read_snapshot(path: str | Path, cfg: BuildConfig):
-    """A parsed folder (checked) or a dump file read into memory."""
+def _check_snapshot(path: str | Path) -> Path:
+    """A parsed folder (its labels readable) or an existing dump file."""
     path = Path(path)
     if path.is_dir():
         wikidata.read_labels(path)
-        return path
-    if not path.is_file():
+    elif not path.is_file():
         raise InputError(f"snapshot {path} is neither a dump file nor a parsed snapshot folder")
-    return path.name.split(".")[0], wikidata.read_dump(path, best_rank=cfg.best_rank)
+    return path
 
 
 def build(
@@ -65,22 +63,30 @@ def build(
 ) -> tuple[Path, dict]:
     """Timesteps from consecutive snapshots (dump files or parsed folders).
 
-    Every input is read and checked before the output folder is made. Dump files are
-    parsed into ``<out>/snapshots/<name>``.
+    Inputs are checked before the output folder is made. Dump files are parsed
+    (streaming) into ``<out>/snapshots/<name>``; if one fails, a folder this call made
+    is removed again.
     """
     cfg = cfg or BuildConfig()
     if len(snapshots) < 2:
         raise InputError("building a benchmark needs at least two snapshots (old and new)")
-    loaded = [_read_snapshot(s, cfg) for s in snapshots]
+    paths = [_check_snapshot(s) for s in snapshots]
     Templates.load(cfg.templates)
-    folder = make_run_dir("editing", out)
-    folders = []
-    for item in loaded:
-        if isinstance(item, Path):
-            folders.append(item)
-        else:
-            name, (triples, labels, _) = item
-            folders.append(wikidata.write_snapshot(folder / "snapshots" / name, triples, labels))
+    target = run_dir_path("editing", out)
+    made = not target.exists()
+    folder = make_run_dir("editing", target)
+    try:
+        folders = []
+        for path in paths:
+            if path.is_file():
+                parsed = folder / "snapshots" / path.name.split(".")[0]
+                wikidata.parse_dump(path, parsed, best_rank=cfg.best_rank)
+                path = parsed
+            folders.append(path)
+    except LucidError:
+        if made:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return folder, B.build_benchmark(folders, folder, cfg, llm)
 
 

@@ -12,6 +12,7 @@ import bz2
 import gzip
 import json
 import os
+import shutil
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -128,33 +129,81 @@ def _parsed_blocks(path: Path, best_rank: bool, skip: bool, processes: int) -> I
             yield pending.popleft().result()
 
 
-def read_dump(
-    path: str | Path, *, on_error: str = "stop", processes: int = 1, best_rank: bool = True
-) -> tuple[list[tuple], list[tuple], list[int]]:
-    """Triples, labels and skipped line numbers of a dump, in memory (see ``parse_dump``)."""
+def _parsed(
+    path: str | Path, on_error: str, processes: int, best_rank: bool
+) -> Iterator[tuple[list, list, list[int]]]:
+    """(triples, labels, skipped line numbers) per block; InputError on a bad line in
+    "stop" mode, on a missing or unreadable file, or on an unknown ``on_error``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"dump file {path} does not exist")
     if on_error not in ("stop", "skip"):
         raise InputError(f"on_error must be 'stop' or 'skip', got '{on_error}'")
     skip = on_error == "skip"
-    triples, labels, errors = [], [], []
     try:
-        for t, lab, err in _parsed_blocks(path, best_rank, skip, processes):
-            triples += t
-            labels += lab
-            errors += err
-            if err and not skip:
-                break
+        for triples, labels, errors in _parsed_blocks(path, best_rank, skip, processes):
+            if errors and not skip:
+                line, why = errors[0]
+                raise InputError(
+                    f"dump file {path} line {line} is not a valid entity JSON object "
+                    f"({why}); pass on_error='skip' (--skip-bad-lines) to skip such lines"
+                )
+            yield triples, labels, [line for line, _ in errors]
     except (OSError, EOFError) as exc:
         raise InputError(f"cannot read dump file {path}: {exc}") from None
-    if errors and not skip:
-        line, why = errors[0]
-        raise InputError(
-            f"dump file {path} line {line} is not a valid entity JSON object "
-            f"({why}); pass on_error='skip' (--skip-bad-lines) to skip such lines"
+
+
+def read_dump(
+    path: str | Path, *, on_error: str = "stop", processes: int = 1, best_rank: bool = True
+) -> tuple[list[tuple], list[tuple], list[int]]:
+    """Triples, labels and skipped line numbers of a small dump, in memory.
+
+    ``parse_dump`` streams to Parquet instead and suits dumps of any size.
+    """
+    triples, labels, skipped = [], [], []
+    for t, lab, err in _parsed(path, on_error, processes, best_rank):
+        triples += t
+        labels += lab
+        skipped += err
+    return triples, labels, skipped
+
+
+_TRIPLE_COLUMNS = ("subject", "property", "object", "rank")
+_ROW_GROUP = 1 << 20  # rows per Parquet row group when streaming
+_LABEL_COLUMNS = ("id", "label")
+
+
+class _ParquetRows:
+    """Rows appended in batches to one Parquet file, a row group per ``rows`` rows."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...], rows: int | None = None):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.columns, self.rows, self.count = columns, rows or _ROW_GROUP, 0
+        self.schema = pa.schema([(c, pa.string()) for c in columns])
+        self.writer = pq.ParquetWriter(path, self.schema)
+        self.pending: list[tuple] = []
+
+    def add(self, rows: list[tuple]) -> None:
+        self.pending += rows
+        self.count += len(rows)
+        if len(self.pending) >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        cols = list(zip(*self.pending, strict=True)) or [()] * len(self.columns)
+        self.writer.write_table(
+            pa.table([pa.array(c, pa.string()) for c in cols], schema=self.schema)
         )
-    return triples, labels, [line for line, _ in errors]
+        self.pending = []
+
+    def close(self) -> None:
+        if self.pending or self.count == 0:
+            self.flush()
+        self.writer.close()
 
 
 def parse_dump(
@@ -167,23 +216,44 @@ def parse_dump(
 ) -> dict:
     """Parse a Wikidata JSON dump (plain, .gz or .bz2; one entity per line) into Parquet.
 
-    ``on_error="stop"`` raises on the first malformed line (naming its number) before
-    anything is written; ``"skip"`` skips such lines and reports them. ``processes > 1``
-    parses blocks of lines in worker processes. Returns counts and the skipped line numbers.
+    Streams: parsed blocks go to Parquet row groups as they arrive, so memory stays
+    bounded whatever the dump's size. The files are written in a staging folder beside
+    ``out_dir`` and moved in at the end, so a failed parse leaves nothing behind.
+    ``on_error="stop"`` raises on the first malformed line (naming its number);
+    ``"skip"`` skips such lines and reports them. ``processes > 1`` parses blocks of
+    lines in worker processes. Returns counts and the skipped line numbers.
     """
-    triples, labels, skipped = read_dump(
-        path, on_error=on_error, processes=processes, best_rank=best_rank
-    )
-    write_snapshot(out_dir, triples, labels)
-    return {"triples": len(triples), "labels": len(labels), "skipped_lines": skipped}
+    out = Path(out_dir)
+    staging = out.parent / f".{out.name}.parsing"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise InputError(f"cannot write beside {out}: {(exc.strerror or '').lower()}") from None
+    skipped: list[int] = []
+    try:
+        triples = _ParquetRows(staging / TRIPLES, _TRIPLE_COLUMNS)
+        labels = _ParquetRows(staging / LABELS, _LABEL_COLUMNS)
+        for t, lab, err in _parsed(path, on_error, processes, best_rank):
+            triples.add(t)
+            labels.add(lab)
+            skipped += err
+        triples.close()
+        labels.close()
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (TRIPLES, LABELS):
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"triples": triples.count, "labels": labels.count, "skipped_lines": skipped}
 
 
 def write_snapshot(out_dir: str | Path, triples: list[tuple], labels: list[tuple]) -> Path:
-    """Write triples and labels as Parquet (each file atomically)."""
+    """Write in-memory triples and labels as Parquet (each file atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t = pd.DataFrame(triples, columns=["subject", "property", "object", "rank"])
-    lab = pd.DataFrame(labels, columns=["id", "label"]).drop_duplicates("id")
+    t = pd.DataFrame(triples, columns=list(_TRIPLE_COLUMNS))
+    lab = pd.DataFrame(labels, columns=list(_LABEL_COLUMNS)).drop_duplicates("id")
     for frame, name in ((t, TRIPLES), (lab, LABELS)):
         tmp = out / f".{name}.tmp"
         frame.to_parquet(tmp, index=False)
