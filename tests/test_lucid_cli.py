@@ -34,6 +34,7 @@ def test_info_lists_embedded_defaults_and_systems(capsys):
         (["tour", "--out", "/proc/nope"], "cannot write the output folder /proc/nope"),
         (["tour", "--only", "nosuch"], "unknown system 'nosuch'"),
         (["nosuch"], "No such command"),
+        (["--threads", "0", "info"], "threads must be at least 1, got 0"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(capsys, args, message):
@@ -57,3 +58,14 @@ def test_tour_core_writes_index(tmp_path, capsys):
     assert (tmp_path / "index.html").is_file()
     assert (tmp_path / "core" / "report.html").is_file()
     assert str(tmp_path / "index.html") in out
+
+
+def test_threads_option_sets_torch_threads(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        code, _, _ = run(["--threads", "1", "info"], capsys)
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

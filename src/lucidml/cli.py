@@ -46,8 +46,20 @@ def root(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            envvar="LUCID_THREADS",
+            help="CPU threads for torch (default: one per core). 1 is often faster for "
+            "small models on a busy machine.",
+        ),
+    ] = None,
 ) -> None:
     """lucidml command line."""
+    from lucidml.core.config import set_threads
+
+    set_threads(threads)
 
 
 @app.command()
