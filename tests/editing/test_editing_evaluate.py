@@ -112,3 +112,12 @@ def test_exact_match_greedy(tiny_lm):
     assert E.exact_match(model, tok, "who leads chile ?", "carol")
     assert not E.exact_match(model, tok, "who leads chile ?", "dave")
     assert E.exact_match(model, tok, "who leads chile ?", "dave", aliases=("carol",))
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tiny_lm):
+    model, tok = tiny_lm
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every logit 0: uniform next-token distribution
+    text = " ".join(["the capital of peru is lima ."] * 80)
+    assert E.perplexity(model, tok, text, window=64) == pytest.approx(len(tok), rel=1e-4)
+    assert E.perplexity(model, tok, "the") != E.perplexity(model, tok, "the")  # one token: nan

@@ -106,6 +106,8 @@ def test_memorising_and_forgetting_editors(tiny_lm, forget):
     assert rows[1]["past"] == rows[2]["past"] == expected_past
     assert out["R"] == [[1.0], [expected_past, 1.0], [expected_past, expected_past, 1.0]]
     assert out["bwt"] == (-1.0 if forget else 0.0)
+    # the lookup editor leaves the weights alone, so the prose canary does not move
+    assert all(r["canary_ppl"] == r["pre_canary_ppl"] > 1 for r in rows)
 
 
 def test_bwt_and_running_means_by_hand():

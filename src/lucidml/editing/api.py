@@ -140,13 +140,16 @@ def json_safe(obj):
     return obj
 
 
-def _fmt_row(name: str, final: dict, bwt: float) -> dict:
-    row = {"method": name}
-    for k in METRICS:
-        v = final.get(k, float("nan"))
-        row[k] = round(v, 3) if isinstance(v, float) and not math.isnan(v) else "-"
-    row["bwt"] = round(bwt, 3) if not math.isnan(bwt) else "-"
-    row["s/edit"] = round(final.get("seconds_per_edit", float("nan")), 2)
+def _fmt(v, digits: int = 3):
+    return round(v, digits) if isinstance(v, float) and not math.isnan(v) else "-"
+
+
+def _fmt_row(name: str, result: dict) -> dict:
+    final, last = result["final"], (result["timesteps"] or [{}])[-1]
+    row = {"method": name, **{k: _fmt(final.get(k, math.nan)) for k in METRICS}}
+    row["bwt"] = _fmt(result["bwt"])
+    row["s/edit"] = _fmt(final.get("seconds_per_edit", math.nan), 2)
+    row["canary ppl"] = _fmt(last.get("canary_ppl", math.nan), 2)  # after the last timestep
     return row
 
 
@@ -159,9 +162,10 @@ def _report(title: str, results: dict[str, dict]) -> Report:
         "Teacher-forced token accuracy on 'Q: {question} A: {answer}'. rewrite: the "
         "edited questions; rephrase/personas: reworded ones; mhop: chained through the "
         "new object; loc_gold/loc_agree: unchanged facts (gold answer / agreement with "
-        "the pre-edit model); past: edits of earlier timesteps."
+        "the pre-edit model); past: edits of earlier timesteps; canary ppl: perplexity of "
+        "general prose after the last timestep (a collapse alarm)."
     )
-    rep.table([_fmt_row(m, r["final"], r["bwt"]) for m, r in results.items()])
+    rep.table([_fmt_row(m, r) for m, r in results.items()])
     pre_rows = []
     for m, r in results.items():
         first = r["timesteps"][0] if r["timesteps"] else {}
@@ -172,6 +176,7 @@ def _report(title: str, results: dict[str, dict]) -> Report:
                     f"pre_{k}": round(first.get(f"pre_{k}", math.nan), 3)
                     for k in ("rewrite", "rephrase", "loc_gold")
                 },
+                "pre canary ppl": _fmt(first.get("pre_canary_ppl", math.nan), 2),
             }
         )
     rep.heading("Before the first edits")

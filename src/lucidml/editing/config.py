@@ -39,6 +39,8 @@ class EvalConfig(Config):
     batch_size: int = 16
     past_max: int = 1000  # edits of each earlier timestep scored for retention
     exact_match: bool = False  # also greedy exact match (<= |answer| + 8 new tokens)
+    # perplexity of general prose before and after each timestep: a collapse alarm
+    canary: bool = True
 
 
 class RunConfig(Config):

@@ -186,6 +186,32 @@ def exact_match(
     return any(text.startswith(" ".join(a.split()).casefold()) for a in (answer, *aliases))
 
 
+def canary_text() -> str:
+    """General English prose for the perplexity canary: two of scikit-learn's bundled
+    dataset descriptions (no Wikidata facts, so edits should leave it alone)."""
+    from importlib import resources
+
+    folder = resources.files("sklearn.datasets").joinpath("descr")
+    return "\n\n".join(folder.joinpath(n).read_text() for n in ("iris.rst", "wine_data.rst"))
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, window: int = 256, max_tokens: int = 2048) -> float:
+    """exp(mean next-token NLL) of ``text`` in non-overlapping windows (first max_tokens)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(ids) - 1, window):
+        chunk = torch.tensor([ids[i : i + window]], device=device)
+        if chunk.shape[1] < 2:
+            break
+        logits = model(input_ids=chunk, attention_mask=torch.ones_like(chunk)).logits[0, :-1]
+        logits = logits.float()
+        total += float(torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum"))
+        count += chunk.shape[1] - 1
+    return float(torch.exp(torch.tensor(total / count))) if count else float("nan")
+
+
 def agreement(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
     """Share of answer positions whose argmax is the same before and after an edit."""
     same = sum(int((a == b).sum()) for a, b in zip(before, after, strict=True))

@@ -15,7 +15,7 @@ import torch
 
 from lucidml.core.runs import Run, atomic_write_text
 from lucidml.editing.config import EvalConfig
-from lucidml.editing.evaluate import evaluate_records
+from lucidml.editing.evaluate import canary_text, evaluate_records, perplexity
 
 STATE_KEY = "state"
 
@@ -93,9 +93,12 @@ def run_lifelong(
                 params[name].copy_(value)
         editor.load_state_dict(state["editor"])
         rows, R, start = state["rows"], state["R"], state["next_timestep"]
+    canary = canary_text() if eval_cfg.canary else None
     for t in range(start, len(timesteps)):
         records = timesteps[t]
         pre, pre_details = evaluate_records(model, tokenizer, records, eval_cfg, editor.contexts)
+        if canary is not None:
+            pre["canary_ppl"] = perplexity(model, tokenizer, canary)
         to_apply = records
         if skip_known:
             to_apply = [r for r, a in zip(records, pre_details["rewrite"], strict=True) if a < 1]
@@ -110,6 +113,8 @@ def run_lifelong(
             editor.contexts,
             loc_reference=pre_details["loc_predictions"],
         )
+        if canary is not None:
+            post["canary_ppl"] = perplexity(model, tokenizer, canary)
         R_row = []
         for j in range(t):
             sample = past_sample(timesteps[j], eval_cfg.past_max, seed, j)
