@@ -185,6 +185,18 @@ def test_questions_are_deterministic_and_filtered():
         for _ in range(5)
     ]
     assert kept == [("fallback", False)] * 4 + [("Who runs the cabinet of Japan?", True)]
+    valid = "Who runs the cabinet of Japan?"
+    for score, expected in ((0.7, ("fallback", False)), (0.8, (valid, True))):
+        got = questions.propose(
+            lambda _: valid,
+            "",
+            "fallback",
+            "Japan",
+            "Shigeru Ishiba",
+            source,
+            lambda a, b, s=score: s,
+        )
+        assert got == expected
     assert not questions.acceptable("Who leads Japan?", "Japan", "Shigeru Ishiba", obj="Ishiba")
 
 
@@ -197,6 +209,10 @@ def test_llm_questions_recorded(snapshots):
     r = by_subject(records)["Freedonia"]
     assert r["rephrase"] == "Who, in truth, runs Freedonia?"
     assert r["generator"] == "mock"
+    # the MiniLM meaning check is live: demanding near-identity brings the templates back
+    strict = BuildConfig(llm_min_similarity=0.99)
+    records, _ = build.build_timestep(*snapshots, cfg=strict, llm=llm)
+    assert by_subject(records)["Freedonia"]["generator"] == "template"
 
 
 def test_template_file_validated(tmp_path):

@@ -108,10 +108,12 @@ def test_memit_ten_counterfactuals_in_one_batch(smollm2):
 
 @pytest.mark.slow
 def test_smollm2_rewrites_questions(smollm2):
-    """SmolLM2 as the question LLM: how many of 30 rewrites pass the acceptance filter."""
+    """SmolLM2 as the question LLM: how many of 30 rewrites pass the filters."""
+    from lucidml.core.zoo import load_sentence_encoder
     from lucidml.editing import questions as Q
 
     llm = Q.TransformersQuestionLLM(*smollm2)
+    similarity = Q.encoder_similarity(load_sentence_encoder())
     cases = [
         ("Who is the head of government of France?", "France", "Michel Barnier"),
         ("Which club does Kylian Mbappé play for?", "Kylian Mbappé", "Real Madrid CF"),
@@ -119,7 +121,7 @@ def test_smollm2_rewrites_questions(smollm2):
         ("What is the capital of Indonesia?", "Indonesia", "Nusantara"),
         ("Who is the head coach of Liverpool F.C.?", "Liverpool F.C.", "Arne Slot"),
     ]
-    kept = []
+    kept, near = [], []
     for q, s, a in cases:
         prompts = [Q.rephrase_instruction(q)] + [Q.persona_instruction(q, p) for p in Q.PERSONAS]
         for prompt in prompts:
@@ -127,5 +129,9 @@ def test_smollm2_rewrites_questions(smollm2):
             if from_llm:
                 kept.append(text)
                 assert text.endswith("?") and s in text and a not in text
-    assert len(kept) >= 10  # measured 17 of 30
-    assert "Which team does Kylian Mbappé play for?" in kept
+                if similarity(q, text) >= 0.75:
+                    near.append(text)
+    assert len(kept) >= 10  # measured 17 of 30 pass the form filter
+    assert "Which team does Kylian Mbappé play for?" in near
+    assert "Who is the most famous musician of Kylian Mbappé?" not in near
+    assert len(near) >= 10  # measured 15: the meaning check drops the two drifted ones

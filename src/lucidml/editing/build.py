@@ -141,7 +141,7 @@ def _pick_multihop(edit, by_subject, labels, templates, cfg, rng) -> tuple[str, 
     return (q, answer) if Q.acceptable(q, s, answer) and not leaks else None
 
 
-def make_record(edit, labels, templates, cfg, timestep, llm=None) -> dict | None:
+def make_record(edit, labels, templates, cfg, timestep, llm=None, similarity=None) -> dict | None:
     """One record for a kept edit (without probes), or None if its question fails the filter."""
     s, o, rel = labels[edit.subject], labels[edit.new_object], labels[edit.property]
     question = templates.question(edit.property, s, rel)
@@ -154,11 +154,20 @@ def make_record(edit, labels, templates, cfg, timestep, llm=None) -> dict | None
         s,
         o,
         source=question,
+        similarity=similarity,
+        min_similarity=cfg.llm_min_similarity,
     )
     personas = {}
     for style, wrapped in Q.personas(question).items():
         personas[style], used = Q.propose(
-            llm, Q.persona_instruction(question, style), wrapped, s, o, source=question
+            llm,
+            Q.persona_instruction(question, style),
+            wrapped,
+            s,
+            o,
+            source=question,
+            similarity=similarity,
+            min_similarity=cfg.llm_min_similarity,
         )
         from_llm |= used
     tag = "update" if edit.kind == "added" and cfg.compat_added_as_update else edit.kind
@@ -212,9 +221,14 @@ def build_timestep(
     by_subject: dict[str, list] = {}
     for edit in kept.itertuples(index=False):
         by_subject.setdefault(edit.subject, []).append(edit)
+    similarity = None
+    if llm is not None and cfg.llm_min_similarity > 0:
+        from lucidml.core.zoo import load_sentence_encoder
+
+        similarity = Q.encoder_similarity(load_sentence_encoder(cfg.similarity_encoder))
     records = []
     for edit in kept.itertuples(index=False):
-        rec = make_record(edit, labels, templates, cfg, timestep, llm)
+        rec = make_record(edit, labels, templates, cfg, timestep, llm, similarity)
         if rec is None:
             dropped["question_filter"] = dropped.get("question_filter", 0) + 1
             continue

@@ -31,6 +31,9 @@ class BuildConfig(Config):
     compat_added_as_update: bool = False
     best_rank: bool = True
     templates: str | None = None  # JSON file of per-relation templates; None = bundled
+    # LLM rewrites must stay this close (cosine) to the template question; 0 turns it off
+    llm_min_similarity: float = 0.75
+    similarity_encoder: str = "minilm-l6"
     seed: int = 0
 
 

@@ -112,6 +112,9 @@ def personas(question: str) -> dict[str, str]:
     return {style: wrap.format(q=question) for style, wrap in PERSONAS.items()}
 
 
+Similarity = Callable[[str, str], float]
+
+
 def propose(
     llm: QuestionLLM | None,
     instruction: str,
@@ -119,13 +122,16 @@ def propose(
     subject: str,
     answer: str,
     source: str | None = None,
+    similarity: Similarity | None = None,
+    min_similarity: float = 0.75,
 ) -> tuple[str, bool]:
     """The LLM's question if it passes the acceptance filter, else the fallback.
 
     Beyond the reference filter, a proposal must read as one question (end with "?") and
     differ from ``source``, the question it rewrites: SmolLM2 often answers instead
     ("The capital of Indonesia is Jakarta.") or copies the question, and both passed the
-    reference filter. Returns (question, came_from_llm).
+    reference filter. With ``similarity`` it must also stay near the source's meaning
+    (>= ``min_similarity``). Returns (question, came_from_llm).
     """
     if llm is not None:
         text = llm(instruction).strip().splitlines()
@@ -134,9 +140,29 @@ def propose(
             candidate.endswith("?")
             and (source is None or words(candidate) != words(source))
             and acceptable(candidate, subject, answer)
+            and (
+                similarity is None
+                or source is None
+                or similarity(source, candidate) >= min_similarity
+            )
         ):
             return candidate, True
     return fallback, False
+
+
+def encoder_similarity(encoder) -> Similarity:
+    """Cosine similarity of two texts under a sentence-transformers encoder.
+
+    With MiniLM, SmolLM2's drifting rewrites score lower ("Who is the most famous musician
+    of Kylian Mbappé?" for "Which club does Kylian Mbappé play for?": 0.70) than faithful
+    ones ("Which team does ...": 0.94; persona rewrites 0.86-0.99).
+    """
+
+    def similarity(a: str, b: str) -> float:
+        x, y = encoder.encode([a, b], normalize_embeddings=True)
+        return float((x * y).sum())
+
+    return similarity
 
 
 # Completion-style prompts with two worked examples: small instruct models (SmolLM2-135M)
