@@ -50,13 +50,21 @@ def build(
         str | None,
         typer.Option(help="Causal LM for rephrasings and personas (e.g. smollm2-135m-instruct)."),
     ] = None,
+    llm_min_similarity: Annotated[
+        float,
+        typer.Option(help="LLM rewrites need this MiniLM cosine to the template (0: off)."),
+    ] = 0.75,
 ) -> None:
     """Build benchmark timesteps from consecutive snapshots."""
     from lucidml.editing import api
     from lucidml.editing.config import BuildConfig
     from lucidml.editing.questions import Templates, TransformersQuestionLLM
 
-    cfg = BuildConfig(templates=str(templates) if templates else None, seed=seed)
+    cfg = BuildConfig(
+        templates=str(templates) if templates else None,
+        seed=seed,
+        llm_min_similarity=llm_min_similarity,
+    )
     Templates.load(cfg.templates)
     question_llm = None
     if llm:
