@@ -153,18 +153,17 @@ def _at_subject(x: torch.Tensor, eb: EditBatch) -> torch.Tensor:
     return x[torch.arange(len(x), device=x.device), eb.subject_pos]
 
 
+def subject_acts(model, sites: list, eb: EditBatch) -> list[torch.Tensor]:
+    """Each site's activation at the subject's last token, averaged per record over the
+    edit rows (n_records, d), all from one forward pass."""
+    with torch.no_grad(), capture(model, sites) as acts:
+        _forward(model, eb.inputs)
+    return [eb.record_mean(_at_subject(acts[site], eb)) for site in sites]
+
+
 def keys_at(model, module: str, eb: EditBatch) -> torch.Tensor:
     """Mean input of ``module`` at the subject's last token, per record (n_records, d_in)."""
-    with torch.no_grad(), capture(model, [Site(module, pre=True)]) as acts:
-        _forward(model, eb.inputs)
-    return eb.record_mean(_at_subject(acts[Site(module, pre=True)], eb))
-
-
-def outputs_at(model, module: str, eb: EditBatch) -> torch.Tensor:
-    """Mean output of ``module`` at the subject's last token, per record (n_records, d_out)."""
-    with torch.no_grad(), capture(model, [module]) as acts:
-        _forward(model, eb.inputs)
-    return eb.record_mean(_at_subject(acts[module], eb))
+    return subject_acts(model, [Site(module, pre=True)], eb)[0]
 
 
 def optimize_deltas(

@@ -5,16 +5,15 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from lucidml.core.hooks import get_module
+from lucidml.core.hooks import Site, get_module
 from lucidml.editing.methods.locate import (
     CovarianceEditor,
     LocateConfig,
     cached_covariance,
     edit_batch,
     edit_module,
-    keys_at,
     optimize_deltas,
-    outputs_at,
+    subject_acts,
 )
 
 
@@ -72,8 +71,10 @@ class MEMIT(CovarianceEditor):
         ).double()
         batches = [edit_batch(tokenizer, c, cfg.prefixes, device) for c in chunks]
         for i, module in enumerate(modules):
-            K = torch.cat([keys_at(model, module, b) for b in batches]).double().T
-            h = torch.cat([outputs_at(model, top, b) for b in batches]).double()
+            # keys at this layer and the top layer's output, from one pass per batch
+            acts = [subject_acts(model, [Site(module, pre=True), top], b) for b in batches]
+            K = torch.cat([k for k, _ in acts]).double().T
+            h = torch.cat([out for _, out in acts]).double()
             R = (z - h).T / (len(modules) - i)
             weight = get_module(model, module).weight
             lam = cfg.mom2_weight if cfg.mom2_weight is not None else key_scaled(len(K))
