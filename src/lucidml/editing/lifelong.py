@@ -98,7 +98,9 @@ def run_lifelong(
         records = timesteps[t]
         pre, pre_details = evaluate_records(model, tokenizer, records, eval_cfg, editor.contexts)
         if canary is not None:
-            pre["canary_ppl"] = perplexity(model, tokenizer, canary)
+            # weights do not change between timesteps: the last post value is this pre value
+            last = rows[-1].get("canary_ppl") if rows else None
+            pre["canary_ppl"] = last if last is not None else perplexity(model, tokenizer, canary)
         to_apply = records
         if skip_known:
             to_apply = [r for r, a in zip(records, pre_details["rewrite"], strict=True) if a < 1]
