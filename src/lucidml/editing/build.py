@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -147,28 +148,21 @@ def make_record(edit, labels, templates, cfg, timestep, llm=None, similarity=Non
     question = templates.question(edit.property, s, rel)
     if not Q.acceptable(question, s, o):
         return None
-    rephrase, from_llm = Q.propose(
+    ask = partial(
+        Q.propose,
         llm,
-        Q.rephrase_instruction(question),
-        templates.rephrase(edit.property, s, rel),
-        s,
-        o,
+        subject=s,
+        answer=o,
         source=question,
         similarity=similarity,
         min_similarity=cfg.llm_min_similarity,
     )
+    rephrase, from_llm = ask(
+        Q.rephrase_instruction(question), templates.rephrase(edit.property, s, rel)
+    )
     personas = {}
     for style, wrapped in Q.personas(question).items():
-        personas[style], used = Q.propose(
-            llm,
-            Q.persona_instruction(question, style),
-            wrapped,
-            s,
-            o,
-            source=question,
-            similarity=similarity,
-            min_similarity=cfg.llm_min_similarity,
-        )
+        personas[style], used = ask(Q.persona_instruction(question, style), wrapped)
         from_llm |= used
     tag = "update" if edit.kind == "added" and cfg.compat_added_as_update else edit.kind
     old = edit.old_object if isinstance(edit.old_object, str) else None
