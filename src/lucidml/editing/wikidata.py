@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -206,6 +206,34 @@ class _ParquetRows:
         self.writer.close()
 
 
+def _write_snapshot(out: Path, parts: Iterable[tuple[list, list]]) -> tuple[int, int]:
+    """Stream (triples, labels) parts into ``out``'s Parquet files; returns their row counts.
+
+    The files are written in a staging folder beside ``out`` and moved in at the end, so
+    an error while ``parts`` is consumed leaves nothing behind.
+    """
+    staging = out.parent / f".{out.name}.parsing"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise InputError(f"cannot write beside {out}: {(exc.strerror or '').lower()}") from None
+    try:
+        triples = _ParquetRows(staging / TRIPLES, _TRIPLE_COLUMNS)
+        labels = _ParquetRows(staging / LABELS, _LABEL_COLUMNS)
+        for t, lab in parts:
+            triples.add(t)
+            labels.add(lab)
+        triples.close()
+        labels.close()
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (TRIPLES, LABELS):
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return triples.count, labels.count
+
+
 def parse_dump(
     path: str | Path,
     out_dir: str | Path,
@@ -217,48 +245,30 @@ def parse_dump(
     """Parse a Wikidata JSON dump (plain, .gz or .bz2; one entity per line) into Parquet.
 
     Streams: parsed blocks go to Parquet row groups as they arrive, so memory stays
-    bounded whatever the dump's size. The files are written in a staging folder beside
-    ``out_dir`` and moved in at the end, so a failed parse leaves nothing behind.
+    bounded whatever the dump's size, and a failed parse leaves nothing behind.
     ``on_error="stop"`` raises on the first malformed line (naming its number);
     ``"skip"`` skips such lines and reports them. ``processes > 1`` parses blocks of
     lines in worker processes. Returns counts and the skipped line numbers.
     """
-    out = Path(out_dir)
-    staging = out.parent / f".{out.name}.parsing"
-    try:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    except OSError as exc:
-        raise InputError(f"cannot write beside {out}: {(exc.strerror or '').lower()}") from None
     skipped: list[int] = []
-    try:
-        triples = _ParquetRows(staging / TRIPLES, _TRIPLE_COLUMNS)
-        labels = _ParquetRows(staging / LABELS, _LABEL_COLUMNS)
+
+    def parts():
         for t, lab, err in _parsed(path, on_error, processes, best_rank):
-            triples.add(t)
-            labels.add(lab)
-            skipped += err
-        triples.close()
-        labels.close()
-        out.mkdir(parents=True, exist_ok=True)
-        for name in (TRIPLES, LABELS):
-            os.replace(staging / name, out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"triples": triples.count, "labels": labels.count, "skipped_lines": skipped}
+            skipped.extend(err)
+            yield t, lab
+
+    n_triples, n_labels = _write_snapshot(Path(out_dir), parts())
+    return {"triples": n_triples, "labels": n_labels, "skipped_lines": skipped}
 
 
 def write_snapshot(out_dir: str | Path, triples: list[tuple], labels: list[tuple]) -> Path:
-    """Write in-memory triples and labels as Parquet (each file atomically)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t = pd.DataFrame(triples, columns=list(_TRIPLE_COLUMNS))
-    lab = pd.DataFrame(labels, columns=list(_LABEL_COLUMNS)).drop_duplicates("id")
-    for frame, name in ((t, TRIPLES), (lab, LABELS)):
-        tmp = out / f".{name}.tmp"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, out / name)
-    return out
+    """Write in-memory triples and labels as a snapshot folder, as ``parse_dump`` does.
+
+    A label id given twice keeps its first label.
+    """
+    first_label = dict(reversed(labels))
+    _write_snapshot(Path(out_dir), [(triples, list(first_label.items()))])
+    return Path(out_dir)
 
 
 def _snapshot_file(folder: str | Path, name: str) -> str:
