@@ -68,22 +68,20 @@ def test_score_bad_input(digits, tmp_path, capsys):
 
 def test_rank_writes_leaderboard(tmp_path, tiny_preset, capsys):
     out = tmp_path / "rank"
-    code, stdout, _ = run_cli(
-        [
-            "distill",
-            "rank",
-            "--methods",
-            "random,noise",
-            "--ipc",
-            "1",
-            "--preset",
-            str(tiny_preset),
-            "--out",
-            str(out),
-            "--quiet",
-        ],
-        capsys,
-    )
+    args = [
+        "distill",
+        "rank",
+        "--methods",
+        "random,noise",
+        "--ipc",
+        "1",
+        "--preset",
+        str(tiny_preset),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    code, stdout, _ = run_cli(args, capsys)
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     for name in ("random", "noise"):
@@ -94,23 +92,7 @@ def test_rank_writes_leaderboard(tmp_path, tiny_preset, capsys):
     assert (out / "leaderboard_ipc1_hard.png").is_file()
     assert "LRS" in stdout
     # --resume reuses the finished work
-    code, _, _ = run_cli(
-        [
-            "distill",
-            "rank",
-            "--methods",
-            "random,noise",
-            "--ipc",
-            "1",
-            "--preset",
-            str(tiny_preset),
-            "--out",
-            str(out),
-            "--quiet",
-            "--resume",
-        ],
-        capsys,
-    )
+    code, _, _ = run_cli([*args, "--resume"], capsys)
     assert code == 0
     assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
 
