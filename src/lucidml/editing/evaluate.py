@@ -8,6 +8,7 @@ padded row is scored exactly like the same row alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -209,7 +210,7 @@ def perplexity(model, tokenizer, text: str, window: int = 256, max_tokens: int =
         logits = logits.float()
         total += float(torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum"))
         count += chunk.shape[1] - 1
-    return float(torch.exp(torch.tensor(total / count))) if count else float("nan")
+    return math.exp(total / count) if count else float("nan")
 
 
 def agreement(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
