@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lucidml.chunking.config import GraftConfig, PAConfig, RNNConfig, UCDConfig
-from lucidml.chunking.progress import set_verbosity
+from lucidml.core.progress import set_verbosity
 
 app = typer.Typer(no_args_is_help=True, help="Neural population chunking: DSC, PA, grafting, UCD.")
 

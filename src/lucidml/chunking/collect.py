@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lucidml.chunking.progress import track
+from lucidml.core.progress import track
 from lucidml.errors import InputError
 
 # a full stop after these is not a sentence end

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lucidml.chunking.pa import Template
-from lucidml.chunking.progress import track
+from lucidml.core.progress import track
 from lucidml.core.hooks import n_layers, patch, resid_module
 from lucidml.errors import InputError
 

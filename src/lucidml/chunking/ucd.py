@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from lucidml.chunking.progress import track
+from lucidml.core.progress import track
 from lucidml.errors import InputError, ShapeError
 
 
