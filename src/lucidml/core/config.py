@@ -37,6 +37,18 @@ class Config(BaseModel):
     @classmethod
     def from_yaml(cls: type[C], path: str | Path) -> C:
         path = Path(path)
+        return cls.from_dict(cls._yaml_mapping(path), source=f"config file {path}")
+
+    @classmethod
+    def from_cli(cls: type[C], path: str | Path | None = None, **options: Any) -> C:
+        """The ``--config`` file's fields (if any), then each command-line option that was
+        given (not None) on top: a file's setting is never replaced by a default."""
+        data = cls._yaml_mapping(Path(path)) if path is not None else {}
+        data.update({k: v for k, v in options.items() if v is not None})
+        return cls.from_dict(data, source=f"config file {path}" if path else "the options")
+
+    @staticmethod
+    def _yaml_mapping(path: Path) -> dict[str, Any]:
         if not path.is_file():
             raise InputError(f"config file {path} does not exist")
         try:
@@ -45,9 +57,11 @@ class Config(BaseModel):
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of option: value")
-        return cls.from_dict(data, source=f"config file {path}")
+        return data
 
     def to_yaml(self, path: str | Path) -> Path:
         from lucidml.core.runs import atomic_write_text
@@ -91,26 +105,55 @@ def set_threads(n: int | None) -> None:
     torch.set_num_threads(n)
 
 
-def resolve_device(name: str = "auto") -> str:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
+DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps"
+
+
+def resolve_device(name: str | None = "auto") -> str:
+    """The torch device a job runs on; fails with one sentence if it is not available.
+
+    ``auto`` (or None) picks cuda, then mps, then cpu. Under a multi-process launch,
+    ``auto`` and ``cuda`` mean this process's own GPU (``cuda:<local index>``).
+    """
     import torch
 
+    from lucidml.core.distributed import local_process_index, world_size
     from lucidml.errors import InputError
 
+    name = (name or "auto").strip().lower()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    kind = name.split(":")[0]
-    ok = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
-    }
-    if kind not in ok:
-        raise InputError(f"unknown device '{name}': use auto, cpu, cuda or mps")
-    if not ok[kind]:
-        raise InputError(f"device '{name}' is not available on this machine")
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise InputError(f"unknown device '{name}': use {DEVICE_HELP}")
+    if kind == "mps" and not mps:
+        raise InputError("device 'mps' is not available: this machine has no Apple GPU")
+    if kind != "cuda":
+        return kind
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise InputError(
+            f"device '{name}' is not available: torch ({build}) sees no CUDA GPU on this "
+            "machine; use --device cpu or auto"
+        )
+    count = torch.cuda.device_count()
+    if not index:
+        return f"cuda:{local_process_index() % count}" if world_size() > 1 else "cuda"
+    if int(index) >= count:
+        raise InputError(
+            f"device '{name}' is not available: this machine has {count} CUDA "
+            f"device{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})"
+        )
     return name
+
+
+def resolve_dtype(device: str, half: bool = False):
+    """The dtype a model runs in on ``device``: float32, or with ``half`` (where the
+    method tolerates it) bfloat16 on GPUs that have it, else float16; CPUs stay float32."""
+    import torch
+
+    if not half or device == "cpu":
+        return torch.float32
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16

@@ -1,0 +1,72 @@
+"""The options every ``lucid`` command shares, declared once so they mean one thing.
+
+A command takes them as parameters with these types::
+
+    def fit(..., out: Out = None, config: ConfigFile = None, seed: Seed = None,
+            device: Device = None, quiet: Quiet = False, resume: Resume = False): ...
+
+Options that override a config field default to None, so a value from ``--config``
+is never replaced by a default; ``--help`` shows the effective default instead.
+``tests/test_run_contract.py`` walks every command and checks that it has them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lucidml.core.config import DEVICE_HELP
+
+Out = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Run folder to write.",
+        show_default="runs/<system>/<timestamp>",
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="YAML file of config fields (unknown keys are errors); options given on the "
+        "command line override it. A run folder's config.yaml can be passed back.",
+        show_default="none",
+    ),
+]
+Seed = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help="Random seed; one seed gives one answer on one machine.",
+        show_default="the config's, 0",
+    ),
+]
+Device = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help=f"{DEVICE_HELP}; dtype follows the device.",
+        show_default="auto",
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress bars or stage messages; warnings still print."),
+]
+Resume = Annotated[
+    bool,
+    typer.Option("--resume", help="Continue the interrupted run in --out, reusing finished work."),
+]
+Quick = Annotated[
+    bool, typer.Option("--quick", help="Shorter settings (the tour's); numbers are rougher.")
+]
+
+
+def start(quiet: bool) -> None:
+    """What every command does first: progress and stage messages unless ``--quiet``."""
+    from lucidml.core.progress import set_verbosity
+
+    set_verbosity(quiet)
