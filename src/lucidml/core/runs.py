@@ -40,6 +40,12 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str | Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +53,7 @@ def _atomic_write(path: str | Path, write) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -103,8 +110,23 @@ def run_dir_path(system: str, out: str | Path | None = None) -> Path:
     return default_root() / system / time.strftime("%Y%m%d-%H%M%S")
 
 
+_current_run: Path | None = None
+
+
+def current_run_dir() -> Path | None:
+    """The run folder this process made last (where an internal error's traceback goes)."""
+    return _current_run
+
+
+def forget_current_run() -> None:
+    """Start a new command: no run folder is current until it makes one."""
+    global _current_run
+    _current_run = None
+
+
 def make_run_dir(system: str, out: str | Path | None = None) -> Path:
     """Create (or reuse) the run folder: ``out`` if given, else ``runs/<system>/<timestamp>``."""
+    global _current_run
     path = run_dir_path(system, out)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -114,7 +136,28 @@ def make_run_dir(system: str, out: str | Path | None = None) -> Path:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise InputError(f"cannot write the output folder {path}: {reason.lower()}") from None
+    _current_run = path
     return path
+
+
+def environment(device: str | None = None, seed: int | None = None) -> dict:
+    """What a result depends on beyond its config: versions, device, threads, processes."""
+    import platform
+
+    import torch
+
+    from lucidml import __version__
+    from lucidml.core.distributed import world_size
+
+    return {
+        "lucidml": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "processes": world_size(),
+        "seed": seed,
+    }
 
 
 class Run:
