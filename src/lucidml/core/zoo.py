@@ -8,11 +8,13 @@ digits, and ``digits-clip`` trained on first use. The cache lives in ``$LUCID_HO
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +128,7 @@ def load_llm(name: str = LLM_DEFAULT, device: str = "cpu", dtype: torch.dtype | 
         source = str(path)
     else:
         source = name
+        hub_offline(name)
     try:
         tok = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
@@ -136,9 +139,44 @@ def load_llm(name: str = LLM_DEFAULT, device: str = "cpu", dtype: torch.dtype | 
     return model.to(device).eval(), tok
 
 
+@functools.cache
+def _hub_reachable() -> bool:
+    """Whether a TCP connection to the hub opens within 3 s (DNS failures return at once)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_offline(name: str) -> bool:
+    """Whether hub id ``name`` must come from the local cache. When the hub cannot be
+    reached, offline mode is switched on for this process, so a load fails in seconds
+    instead of waiting through retries (about a minute)."""
+    from huggingface_hub import constants
+
+    if Path(name).exists() or constants.HF_HUB_OFFLINE:
+        return bool(constants.HF_HUB_OFFLINE)
+    if _hub_reachable():
+        return False
+    log.info("the Hugging Face hub cannot be reached: loading %s from the local cache", name)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    return True
+
+
 def _unknown_model(name: str, what: str, exc: Exception) -> str:
     if Path(name).exists():
         return f"cannot load {what} from {name}: {str(exc).splitlines()[0]}"
+    if hub_offline(name):
+        return (
+            f"model '{name}' is not an embedded default or a local folder, and it is not "
+            "in the local Hugging Face cache while the hub is offline (no network or "
+            "HF_HUB_OFFLINE=1); download it once with network, or pass a local folder"
+        )
     return (
         f"unknown model '{name}': it is not an embedded default, a local folder, or a "
         f"{what} that can be loaded from the Hugging Face hub"
@@ -160,6 +198,7 @@ def load_sentence_encoder(name: str = ENCODER_DEFAULT, device: str = "cpu"):
                 f"{ENCODER_DEFAULT} is not installed: run `{INSTALL_HINTS[ENCODER_DEFAULT]}`"
             )
         name = str(folder)
+    hub_offline(name)
     try:
         return SentenceTransformer(name, device=device)
     except (OSError, ValueError) as exc:
@@ -236,6 +275,7 @@ def load_vlm(name: str = VLM_DEFAULT, device: str = "cpu"):
 
     from transformers import AutoModel, AutoProcessor
 
+    hub_offline(name)
     try:
         model = AutoModel.from_pretrained(name)
         processor = AutoProcessor.from_pretrained(name)
@@ -290,6 +330,7 @@ def load_diffusion(name: str = DIFFUSION_DEFAULT, device: str = "cpu"):
 
     from diffusers import DiffusionPipeline
 
+    hub_offline(name)
     try:
         pipe = DiffusionPipeline.from_pretrained(name)
     except (OSError, ValueError) as exc:
