@@ -2,8 +2,8 @@
 
 A system is built when its package exists. Its ``cli.py`` holds a Typer ``app`` that
 the root command mounts as ``lucid <name>``, and its ``api.py`` holds
-``demo(out_dir, quick=False) -> Path`` (the path of the report.html it wrote), which
-``lucid tour`` runs.
+``demo(out_dir, quick=False, device=None) -> Path`` (the path of the report.html it
+wrote), which ``lucid tour`` runs; ``device=None`` means ``auto``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class System:
             return None
         return importlib.import_module(f"{self.module}.cli").app
 
-    def demo(self, out_dir: Path, quick: bool = False) -> Path:
-        return importlib.import_module(f"{self.module}.api").demo(out_dir, quick=quick)
+    def demo(self, out_dir: Path, quick: bool = False, device: str | None = None) -> Path:
+        api = importlib.import_module(f"{self.module}.api")
+        return api.demo(out_dir, quick=quick, device=device)
 
 
 SYSTEMS: tuple[System, ...] = (
