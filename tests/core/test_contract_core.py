@@ -1,0 +1,218 @@
+"""Core pieces of the run contract: progress, sharding, devices, configs, errors, the hub."""
+
+import logging
+import os
+import stat
+import threading
+import time
+
+import pytest
+import torch
+
+from lucidml.core import distributed, progress, runs
+from lucidml.core.config import Config, resolve_device, resolve_dtype
+from lucidml.errors import ConfigError, InputError, ModelError
+
+
+@pytest.fixture
+def verbose():
+    progress.set_verbosity(False)
+    yield
+    progress.set_verbosity(True)
+
+
+# --- progress -------------------------------------------------------------------------
+
+
+def test_track_yields_every_item_silently_by_default(capsys):
+    progress.set_verbosity(True)
+    assert list(progress.track(range(5), "work")) == [0, 1, 2, 3, 4]
+    progress.get_logger("distill").info("a stage message")
+    assert capsys.readouterr().err == ""
+
+
+def test_tracks_nest_and_messages_reach_stderr(verbose, capsys):
+    seen = []
+    for i in progress.track(range(3), "outer"):
+        for j in progress.track(iter(range(2)), "inner"):  # no len(): an open-ended bar
+            seen.append((i, j))
+    progress.get_logger("editing").info("timestep %d done", 1)
+    assert seen == [(i, j) for i in range(3) for j in range(2)]
+    assert "timestep 1 done" in capsys.readouterr().err
+    assert progress._live is None  # the shared display closed with the last bar
+
+
+def test_a_track_left_early_closes_its_bar(verbose):
+    for i in progress.track(range(10), "outer"):
+        if i == 2:
+            break
+    assert progress._live is None or progress._open == 0
+
+
+def test_quiet_keeps_warnings(capsys):
+    progress.set_verbosity(True)
+    log = progress.get_logger("core")
+    log.info("hidden")
+    log.warning("shown")
+    err = capsys.readouterr().err
+    assert "hidden" not in err and "shown" in err
+    assert logging.getLogger("lucidml").level == logging.WARNING
+
+
+# --- distributed ----------------------------------------------------------------------
+
+
+def _as_process(monkeypatch, rank: int, size: int) -> None:
+    monkeypatch.setattr(distributed, "process_index", lambda: rank)
+    monkeypatch.setattr(distributed, "world_size", lambda: size)
+    monkeypatch.setattr(distributed, "is_main_process", lambda: rank == 0)
+
+
+def test_without_a_launcher_one_process_does_everything():
+    assert (distributed.process_index(), distributed.world_size()) == (0, 1)
+    assert distributed.is_main_process()
+    assert distributed.shard(list("abcde")) == list("abcde")
+    distributed.barrier()  # a no-op, not a hang
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_shards_partition_the_items(monkeypatch, size):
+    items = list(range(20))
+    shards = []
+    for rank in range(size):
+        _as_process(monkeypatch, rank, size)
+        shards.append(distributed.shard(items))
+    assert sorted(x for s in shards for x in s) == items
+    assert all(abs(len(a) - len(b)) <= 1 for a in shards for b in shards)
+    assert shards[1 % size][0] == 1 % size  # round robin: process k starts at item k
+
+
+def test_item_store_round_trips_json_and_safetensors(tmp_path):
+    js = distributed.ItemStore(tmp_path / "j")
+    js.save("a", {"x": [1, 2.5], "nan": float("nan")})
+    assert js.has("a") and js.load("a") == {"x": [1, 2.5], "nan": None}
+    ts = distributed.ItemStore(tmp_path / "t", fmt="safetensors")
+    ts.save("b", {"w": torch.arange(6.0).view(2, 3)})
+    assert torch.equal(ts.load("b")["w"], torch.arange(6.0).view(2, 3))
+    with pytest.raises(ValueError):
+        distributed.ItemStore(tmp_path, fmt="pickle")
+
+
+def test_processes_skip_finished_items_and_main_gathers_in_item_order(monkeypatch, tmp_path):
+    store = distributed.ItemStore(tmp_path)
+    items = [f"item{i}" for i in range(7)]
+    store.save("item3", "done before the kill")  # resumed: item 3 is not recomputed
+    computed = []
+    for rank in (1, 0):  # the other process finishes first; order must not matter
+        _as_process(monkeypatch, rank, 2)
+        for item in distributed.pending(items, store, str):
+            computed.append(item)
+            store.save(item, item.upper())
+        merged = distributed.gather(items, store, str)
+        assert (merged is None) == (rank != 0)
+    assert sorted(computed) == sorted(set(items) - {"item3"})
+    assert merged == [i.upper() if i != "item3" else "done before the kill" for i in items]
+
+
+def test_gather_waits_for_items_another_process_is_still_writing(monkeypatch, tmp_path):
+    store = distributed.ItemStore(tmp_path)
+    store.save("a", 1)
+
+    def late_writer():
+        time.sleep(0.3)
+        store.save("b", 2)
+
+    thread = threading.Thread(target=late_writer)
+    thread.start()
+    assert distributed.gather(["a", "b"], store, str, poll=0.05) == [1, 2]
+    thread.join()
+
+
+# --- devices and configs --------------------------------------------------------------
+
+
+def test_resolve_device_names_and_availability():
+    assert resolve_device(None) == resolve_device("auto")
+    assert resolve_device(" CPU ") == "cpu"
+    for bad in ("tpu", "cuda:x", "cpu:1", "mps:0"):
+        with pytest.raises(InputError, match="unknown device"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:0"):
+            with pytest.raises(InputError, match="is not available") as exc:
+                resolve_device(name)
+            assert "\n" not in str(exc.value)
+    assert resolve_dtype("cpu", half=True) == torch.float32
+    assert resolve_dtype("cuda", half=False) == torch.float32
+
+
+class JobConfig(Config):
+    method: str = "lora"
+    lr: float = 0.1
+    layers: list[int] = [1, 2]
+
+
+def test_a_config_file_value_is_never_replaced_by_an_unset_option(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("method: rome\nlr: 0.5\n")
+    cfg = JobConfig.from_cli(path, method=None, lr=None, layers=None)
+    assert (cfg.method, cfg.lr, cfg.layers) == ("rome", 0.5, [1, 2])
+    cfg = JobConfig.from_cli(path, lr=0.01, layers=[3])
+    assert (cfg.method, cfg.lr, cfg.layers) == ("rome", 0.01, [3])
+    assert JobConfig.from_cli(None, method="ft").method == "ft"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("methd: rome\n", "field 'methd': Extra inputs are not permitted"),
+        ("lr: [1\n", "is not valid YAML at line"),
+        ("- a\n- b\n", "must hold a mapping"),
+        (b"method: \xff\xfe\n", "is not UTF-8 text"),
+    ],
+)
+def test_bad_config_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "job.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=message):
+        JobConfig.from_cli(path)
+    with pytest.raises(InputError, match="does not exist"):
+        JobConfig.from_cli(tmp_path / "missing.yaml")
+
+
+# --- run folders ----------------------------------------------------------------------
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = runs.write_json(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_environment_block_and_current_run(tmp_path):
+    env = runs.environment("cpu", 3)
+    assert env["device"] == "cpu" and env["seed"] == 3 and env["processes"] == 1
+    assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
+    path = runs.make_run_dir("core", tmp_path / "run")
+    assert runs.current_run_dir() == path
+
+
+# --- the hub --------------------------------------------------------------------------
+
+
+def test_an_unreachable_hub_switches_to_offline_and_says_so(monkeypatch):
+    from huggingface_hub import constants
+
+    from lucidml.core import zoo
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(zoo, "_hub_reachable", lambda: False)
+    assert zoo.hub_offline("someone/no-such-model")
+    assert constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache") as exc:
+        zoo.load_llm("someone/no-such-model")
+    assert "\n" not in str(exc.value)
