@@ -216,3 +216,43 @@ def test_an_unreachable_hub_switches_to_offline_and_says_so(monkeypatch):
     with pytest.raises(ModelError, match="not in the local Hugging Face cache") as exc:
         zoo.load_llm("someone/no-such-model")
     assert "\n" not in str(exc.value)
+
+
+SHARDED_SCRIPT = """
+import json, sys
+from lucidml.core import distributed as d
+store = d.ItemStore(sys.argv[1])
+items = [f"item{k}" for k in range(9)]
+for item in d.pending(items, store, str):
+    store.save(item, {"by": d.process_index(), "value": item.upper()})
+merged = d.gather(items, store, str)
+if merged is not None:
+    print(json.dumps({"world": d.world_size(), "merged": merged}))
+"""
+
+
+@pytest.mark.slow
+def test_two_launched_processes_split_the_items_and_the_main_one_merges(tmp_path):
+    """Under `accelerate launch --multi_gpu` on a machine without GPUs the processes
+    join on CPU (gloo). (`accelerate launch --cpu --num_processes 2` starts only one
+    process in accelerate 1.x, so it cannot test sharding.)"""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT)
+    launcher = Path(sys.executable).parent / "accelerate"
+    if not launcher.exists() and shutil.which("accelerate") is None:
+        pytest.skip("accelerate's launcher is not installed")
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "s")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["world"] == 2
+    assert [m["value"] for m in out["merged"]] == [f"ITEM{k}" for k in range(9)]
+    assert [m["by"] for m in out["merged"]] == [k % 2 for k in range(9)]

@@ -47,9 +47,15 @@ def _state():
     costs seconds that a plain single-process command does not need)."""
     if not _launched():
         return None
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    # Without GPUs (or under ``--cpu``) accelerate only joins the processes when asked
+    # for CPU explicitly; otherwise each would believe it is alone and do all the work.
+    on_cpu = not torch.cuda.is_available() or os.environ.get(
+        "ACCELERATE_USE_CPU", ""
+    ).lower() in ("1", "true", "yes")
+    return PartialState(cpu=on_cpu)
 
 
 def process_index() -> int:
