@@ -31,22 +31,30 @@ def test_track_yields_every_item_silently_by_default(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_tracks_nest_and_messages_reach_stderr(verbose, capsys):
-    seen = []
+def test_tracks_nest_in_one_display(verbose, monkeypatch):
+    monkeypatch.setattr(progress, "_bars_here", lambda: True)  # as on a terminal
+    seen, shown = [], []
     for i in progress.track(range(3), "outer"):
         for j in progress.track(iter(range(2)), "inner"):  # no len(): an open-ended bar
             seen.append((i, j))
-    progress.get_logger("editing").info("timestep %d done", 1)
+            shown.append(len(progress._live.tasks))
     assert seen == [(i, j) for i in range(3) for j in range(2)]
-    assert "timestep 1 done" in capsys.readouterr().err
-    assert progress._live is None  # the shared display closed with the last bar
+    assert shown == [2] * 6  # both bars in the one live display
+    assert progress._live is None  # which closed with the last bar
 
 
-def test_a_track_left_early_closes_its_bar(verbose):
+def test_a_track_left_early_closes_its_bar(verbose, monkeypatch):
+    monkeypatch.setattr(progress, "_bars_here", lambda: True)
     for i in progress.track(range(10), "outer"):
         if i == 2:
             break
-    assert progress._live is None or progress._open == 0
+    assert progress._live is None and progress._open == 0
+
+
+def test_off_a_terminal_only_messages_reach_stderr(verbose, capsys):
+    assert list(progress.track(range(3), "work")) == [0, 1, 2]
+    progress.get_logger("editing").info("timestep %d done", 1)
+    assert capsys.readouterr().err == "timestep 1 done\n"  # no blank lines from bars
 
 
 def test_quiet_keeps_warnings(capsys):

@@ -5,7 +5,7 @@ Everything goes through the ``lucidml`` logger: a system logs stage messages on
 Library calls stay silent (the logger has no handler and sits at WARNING) until a
 command, or a user, calls :func:`set_verbosity`; ``--quiet`` keeps only warnings.
 
-Bars nest: a ``track`` inside another adds a line to the same live display instead of
+Bars are drawn only when stderr is a terminal. Bars nest: a ``track`` inside another adds a line to the same live display instead of
 starting a second one (rich allows only one live display at a time). Under a
 multi-process launch only the main process draws bars, so N processes do not fight
 over one terminal; every process still logs its stage messages.
@@ -30,9 +30,13 @@ def enabled() -> bool:
 
 
 def _bars_here() -> bool:
+    """Bars only on a terminal (in logs and pipes rich would leave blank lines behind,
+    and stage messages say enough), and only on the main process."""
+    import sys
+
     from lucidml.core.distributed import is_main_process
 
-    return enabled() and is_main_process()
+    return enabled() and sys.stderr.isatty() and is_main_process()
 
 
 def _start():
