@@ -295,6 +295,11 @@ def test_finetuning_keeps_the_best_validation_epoch(fitted, digits_clip, digits)
         seed=0,
     )
     torch.testing.assert_close(bad, bvlm.image_weight.float().double())
+    # with no validation items there is no best epoch to pick: the last one is kept
+    last = al.finetune_image_projection(
+        bvlm, pool[:20], (y[:20] + 1) % 10, pool[:0], y[:0], cls, FinetuneConfig(lr=1.0, epochs=3)
+    )
+    assert not torch.equal(last, bad) and torch.isfinite(last).all()
     good = al.finetune_image_projection(
         bvlm,
         pool[:100],

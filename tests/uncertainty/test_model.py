@@ -201,31 +201,29 @@ def test_every_damping_and_cosine_variance_predicts(clip, damping, cosine_var):
     assert (logits.var > 0).all() and torch.isfinite(logits.var).all()
 
 
-def test_interrupted_fit_resumes_to_the_same_factors(clip):
-    from lucidml.uncertainty.model import FactorSums
+def test_interrupted_fit_resumes_to_the_same_factors(clip, tmp_path):
+    from lucidml.uncertainty import checkpoints
 
     images, cfg = _images(clip), PosteriorConfig(class_batch=5)
     full = BayesVLM(clip, cfg).fit((images, CAPTIONS))
-    saved = {}
+    identity = {"pairs": "the twelve captions"}
 
     class Stop(Exception):
         pass
 
-    def stop_after_two(sums):
-        saved["state"] = {k: v for k, v in sums.state_dict().items()}
+    def checkpoint_then_stop_after_two(sums):
+        checkpoints.save_sums(tmp_path, sums, identity)
         if sums.n_batches == 2:
             raise Stop
 
     with pytest.raises(Stop):
-        BayesVLM(clip, cfg).fit((images, CAPTIONS), on_batch=stop_after_two)
-    state = saved["state"]
-    state = {
-        **state,
-        "sum_aa": {k: v.clone() for k, v in state["sum_aa"].items()},
-        "sum_h": {k: v.clone() for k, v in state["sum_h"].items()},
-    }
-    resumed = BayesVLM(clip, cfg).fit((images, CAPTIONS), sums=FactorSums.from_state_dict(state))
+        BayesVLM(clip, cfg).fit((images, CAPTIONS), on_batch=checkpoint_then_stop_after_two)
+    sums = checkpoints.load_sums(tmp_path, identity, "cpu")
+    assert (sums.n_batches, sums.n_data) == (2, 10)
+    resumed = BayesVLM(clip, cfg).fit((images, CAPTIONS), sums=sums)
     for t in ("image", "text"):
         torch.testing.assert_close(resumed.posteriors[t].factors.A, full.posteriors[t].factors.A)
         torch.testing.assert_close(resumed.posteriors[t].factors.B, full.posteriors[t].factors.B)
         assert resumed.posteriors[t].factors.n_data == 12
+    with pytest.raises(InputError, match="another 'pairs'"):
+        checkpoints.load_sums(tmp_path, {"pairs": "other captions"}, "cpu")

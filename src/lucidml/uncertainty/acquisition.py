@@ -50,7 +50,9 @@ def w2_diag_sq(
 
 def nearest_unused(distances: torch.Tensor, order: torch.Tensor, k: int) -> torch.Tensor:
     """Walk targets in ``order`` (best first) and give each its nearest pool item not taken
-    yet, until ``k`` pool indices are chosen; distances are (N_targets, N_pool)."""
+    yet, until ``k`` pool indices are chosen; distances are (N_targets, N_pool).
+    The walk runs on the CPU: it is sequential, one row per step."""
+    distances = distances.cpu()
     taken = torch.zeros(distances.shape[1], dtype=torch.bool)
     picks = []
     for t in order.tolist():

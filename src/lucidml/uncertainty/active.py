@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lucidml.core.progress import track
 from lucidml.errors import InputError
 from lucidml.uncertainty import acquisition
+from lucidml.uncertainty.checkpoints import RowStore
 from lucidml.uncertainty.config import ActiveConfig, FinetuneConfig, PredictConfig
 from lucidml.uncertainty.evaluation import flat_score
 from lucidml.uncertainty.model import BayesVLM
@@ -58,7 +60,7 @@ def _epig(ctx: AcquisitionContext) -> torch.Tensor:
     targ = torch.randperm(len(ctx.targets), generator=ctx.generator)[: c.epig_target_max]
     both = TowerInputs.cat([ctx.candidates[cand], ctx.targets[targ]])
     probs = ctx.sampled_probs(both, c.epig_samples)  # one set of draws for both
-    scores = torch.full((len(ctx.candidates),), -torch.inf, dtype=probs.dtype)
+    scores = torch.full((len(ctx.candidates),), -torch.inf, dtype=probs.dtype, device=probs.device)
     scores[cand] = acquisition.epig(probs[:, : len(cand)], probs[:, len(cand) :])
     return scores
 
@@ -67,12 +69,14 @@ def _knn_prefilter(ctx: AcquisitionContext, limit: int) -> torch.Tensor:
     """Indices of at most ``limit`` candidates, those closest to any target."""
     if len(ctx.candidates) <= limit:
         return torch.arange(len(ctx.candidates))
-    nearest = torch.full((len(ctx.candidates),), torch.inf, dtype=torch.float64)
+    nearest = torch.full(
+        (len(ctx.candidates),), torch.inf, dtype=torch.float64, device=ctx.candidates.a.device
+    )
     for start in range(0, len(ctx.targets), 1024):  # bounded memory for large target sets
         chunk = ctx.targets[start : start + 1024]
         dist = embedding_distances(ctx.bvlm, chunk, ctx.candidates, ctx.config.knn_distance)
         nearest = torch.minimum(nearest, dist.min(0).values)
-    return nearest.argsort()[:limit]
+    return nearest.cpu().argsort()[:limit]
 
 
 STRATEGIES: dict[str, Callable[[AcquisitionContext], torch.Tensor]] = {
@@ -112,7 +116,7 @@ def select(
     on_targets = config.select_on == "test"
     ctx = AcquisitionContext(bvlm, targets if on_targets else pool, targets, classes, config, gen)
     scores = STRATEGIES[config.strategy](ctx)
-    order = scores.argsort(descending=True, stable=True)
+    order = scores.cpu().argsort(descending=True, stable=True)  # indices live on the CPU
     if not on_targets:
         return order[: config.budget]
     # each visited target yields exactly one pick, so only the top ``budget`` rows matter
@@ -131,10 +135,12 @@ def finetune_image_projection(
     config: FinetuneConfig | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Tune the image projection weight with cross-entropy on MAP logits (AdamW); return
-    the weight of the epoch with the lowest validation loss (the initial one counts)."""
+    """Tune the image projection weight with cross-entropy on MAP logits (AdamW, float32
+    on the posterior's device); return the weight of the epoch with the lowest validation
+    loss (the initial one counts), or the last epoch's when there is no validation set."""
     config = config or FinetuneConfig()
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # CPU: the same batches on every device
+    train_y, val_y = train_y.to(bvlm.device), val_y.to(bvlm.device)
     text = F.normalize(bvlm.embed("text", classes), dim=-1).float()
     weight = bvlm.image_weight.float().clone().requires_grad_(True)
     opt = torch.optim.AdamW([weight], lr=config.lr, weight_decay=config.weight_decay)
@@ -144,19 +150,22 @@ def finetune_image_projection(
         emb = bvlm.embed("image", TowerInputs(x.a.float(), _float(x.r)), w)
         return F.cross_entropy(scale * F.normalize(emb, dim=-1) @ text.T + bvlm.logit_bias, y)
 
-    with torch.no_grad():
-        best_loss, best = float(loss_of(val, val_y, weight)), weight.detach().clone()
-    for _ in range(config.epochs):
+    def val_loss() -> float:
+        with torch.no_grad():
+            return float(loss_of(val, val_y, weight))
+
+    validate = len(val) > 0
+    best_loss = val_loss() if validate else None
+    best = weight.detach().clone()
+    for _ in track(range(config.epochs), "fine-tuning epochs"):
         for idx in torch.randperm(len(train), generator=gen).split(config.batch_size):
             loss = loss_of(train[idx], train_y[idx], weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
-        with torch.no_grad():
-            val_loss = float(loss_of(val, val_y, weight))
-        if val_loss < best_loss:
-            best_loss, best = val_loss, weight.detach().clone()
-    return best.double()
+        if validate and (loss := val_loss()) < best_loss:
+            best_loss, best = loss, weight.detach().clone()
+    return (best if validate else weight.detach()).double()
 
 
 def _float(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -181,21 +190,31 @@ def budget_curve(
     config: ActiveConfig | None = None,
     seeds: int = 1,
     predict: PredictConfig | None = None,
+    store: RowStore | None = None,
 ) -> list[dict]:
     """For each budget: select, tune on the support set, evaluate on the labelled targets.
     One selection at the largest budget serves all smaller ones (the ranking is nested).
-    Validation items for the best epoch come from the pool, outside every support set."""
+    Validation items for the best epoch come from the pool, outside every support set.
+    With a ``store``, finished rows are saved as they come and rows already there are
+    reused (a seed whose rows are all there is not even selected again)."""
     config = config or ActiveConfig()
     rows = [{"budget": 0, "seed": 0, **flat_score(bvlm, targets, target_y, classes, predict)}]
-    for seed in range(seeds):
+    for seed in track(range(seeds), f"{config.strategy}: seeds"):
         cfg = config.updated(budget=max(budgets), seed=config.seed + seed)
+        done = {k: store.get(cfg, k, predict) for k in budgets} if store else {}
+        if budgets and all(done.get(k) is not None for k in budgets):
+            rows += [done[k] for k in budgets]
+            continue
         picks = select(bvlm, pool, targets, classes, cfg)
         rest = torch.ones(len(pool), dtype=torch.bool)
         rest[picks] = False
         rest_idx = rest.nonzero().squeeze(1)
         val_gen = torch.Generator().manual_seed(cfg.seed)
         val = rest_idx[torch.randperm(len(rest_idx), generator=val_gen)[: cfg.finetune.val_size]]
-        for k in budgets:
+        for k in track(budgets, f"{config.strategy}: budgets"):
+            if done.get(k) is not None:
+                rows.append(done[k])
+                continue
             sel = picks[:k]
             w = finetune_image_projection(
                 bvlm,
@@ -209,4 +228,6 @@ def budget_curve(
             )
             scores = flat_score(with_image_weight(bvlm, w), targets, target_y, classes, predict)
             rows.append({"budget": k, "seed": cfg.seed, **scores})
+            if store is not None:
+                store.put(cfg, k, predict, rows[-1])
     return rows

@@ -1,7 +1,9 @@
 """The jobs behind ``lucid uncertainty``: fit, zero-shot, active selection, and the demo.
 
-Every job reads and checks all of its inputs before it creates the run folder, so a
-mistake leaves nothing half-written.
+Every job resolves its device and reads and checks all of its inputs before it creates
+the run folder, so a mistake (or a missing GPU) leaves nothing half-written. A job
+writes its config as ``config.yaml`` (passed back with ``--config`` it runs the same job)
+and ``results.json`` with an ``env`` block (versions, device, threads, seed).
 """
 
 from __future__ import annotations
@@ -13,117 +15,182 @@ from pathlib import Path
 import numpy as np
 
 from lucidml.core import metrics
+from lucidml.core.config import resolve_device, seed_everything
 from lucidml.core.digits_clip import TEMPLATES
+from lucidml.core.progress import get_logger, track
 from lucidml.core.report import Report
-from lucidml.core.runs import Run, atomic_write_bytes, write_json
+from lucidml.core.runs import (
+    Run,
+    atomic_write_bytes,
+    atomic_write_text,
+    environment,
+    make_run_dir,
+    run_dir_path,
+    to_json,
+    write_json,
+)
+from lucidml.errors import InputError
 from lucidml.uncertainty import active as al
-from lucidml.uncertainty import data, evaluation, plots
-from lucidml.uncertainty.config import ActiveConfig, FinetuneConfig, PosteriorConfig, PredictConfig
-from lucidml.uncertainty.model import BayesVLM, FactorSums
+from lucidml.uncertainty import checkpoints, data, evaluation, plots
+from lucidml.uncertainty.config import (
+    ActiveConfig,
+    ActiveJobConfig,
+    FinetuneConfig,
+    FitJobConfig,
+    PosteriorConfig,
+    PredictConfig,
+    ZeroshotJobConfig,
+)
+from lucidml.uncertainty.model import FACTORS_FILE, META_FILE, BayesVLM
 from lucidml.uncertainty.towers import image_inputs, text_inputs
 
 SYSTEM = "uncertainty"
+log = get_logger(SYSTEM)
 
 
-def load_model(name: str):
+def _start(device: str | None, seed: int) -> str:
+    """The resolved device (one sentence if it is not available), with everything seeded."""
+    device = resolve_device(device)
+    seed_everything(seed)
+    return device
+
+
+def load_model(name: str, device: str = "cpu"):
+    """The vision-language model, on ``device`` in float32."""
     from lucidml.core.zoo import load_vlm
 
-    return load_vlm(name)
+    return load_vlm(name, device=device)
+
+
+def _hessian_folder(hessian: str | Path | None) -> Path:
+    if hessian is None:
+        raise InputError(
+            "no posterior given: pass --hessian DIR (or hessian: in --config), a folder "
+            "written by `lucid uncertainty fit`"
+        )
+    return Path(hessian)
+
+
+def _resume_folder(out: str | Path | None, resume: bool) -> Path | None:
+    if resume and out is None:
+        raise InputError("--resume needs --out, the folder of the run to continue")
+    return run_dir_path(SYSTEM, out) if resume else None
 
 
 def fit(
-    model: str,
-    pairs: str,
+    config: FitJobConfig | None = None,
     out: str | Path | None = None,
-    config: PosteriorConfig | None = None,
     resume: bool = False,
+    device: str | None = None,
 ) -> tuple[BayesVLM, Path]:
     """Fit K-FAC factors on image-caption pairs and the prior precision; save them.
     The running factor sums are checkpointed after every class batch; ``resume`` picks
-    them up from the run folder and skips the batches already counted."""
-    config = config or PosteriorConfig()
-    images, captions = data.read_pairs(pairs)
-    bvlm = BayesVLM(load_model(model), config)
-    bvlm.vlm.preprocess(images[:1])  # wrong channel counts or sizes fail before any write
-    run = Run(SYSTEM, out, {"model": model, "pairs": pairs, **config.model_dump(mode="json")})
-    saved = run.resume("factor_sums") if resume else None
-    sums = FactorSums.from_state_dict(saved) if saved is not None else None
+    them up from the run folder ``out`` and skips the batches already counted; sums
+    made from other pairs, another model or other batch settings are refused."""
+    config = config or FitJobConfig()
+    device = _start(device, config.seed)
+    resume_dir = _resume_folder(out, resume)
+    images, captions = data.read_pairs(config.pairs)
+    vlm = load_model(config.model, device)
+    bvlm = BayesVLM(vlm, config)
+    vlm.preprocess(images[:1])  # a wrong size or channel count fails before any write
+    identity = {
+        "model": checkpoints.model_fingerprint(vlm),
+        "pairs": checkpoints.fingerprint(images, captions),
+        **config.model_dump(include={"class_batch", "data_batch", "encode_batch"}),
+    }
+    sums = None
+    if resume_dir is not None:
+        sums = checkpoints.load_sums(resume_dir / "checkpoints", identity, bvlm.device)
+        if sums is None:
+            log.info("no checkpoint in %s: fitting from the first class batch", resume_dir)
+    run = Run(SYSTEM, out, config)
+    log.info(
+        "fitting the posterior of %s on %d image-caption pairs (encoders on %s, "
+        "float64 factors on %s)",
+        config.model,
+        len(images),
+        device,
+        bvlm.device,
+    )
     start = time.perf_counter()
+    resumed_after = sums.n_batches if sums is not None else 0
     bvlm.fit(
         (images, captions),
         sums=sums,
-        on_batch=lambda s: run.checkpoint("factor_sums", s.state_dict()),
+        on_batch=lambda s: checkpoints.save_sums(run / "checkpoints", s, identity),
     )
     bvlm.optimize_prior_precision()
     seconds = time.perf_counter() - start
+    lam = bvlm.prior_precision
+    log.info("prior precision by marginal likelihood: image %.4g, text %.4g", *lam.values())
     bvlm.save(run.path)
     results = {
-        "model": model,
+        "model": config.model,
         "n_pairs": len(images),
-        "resumed_after_batches": sums.n_batches if sums is not None else 0,
-        "prior_precision": bvlm.prior_precision,
+        "resumed_after_batches": resumed_after,
+        "prior_precision": lam,
         "fit_seconds": seconds,
+        "env": environment(device, config.seed),
     }
     run.write_results(results)
-    rep = Report(f"BayesVLM posterior for {model}")
+    rep = Report(f"BayesVLM posterior for {config.model}")
     rep.text(
         f"K-FAC factors of the image and text projections from {len(images)} "
-        f"image-caption pairs ({seconds:.1f} s); prior precision by marginal likelihood."
+        f"image-caption pairs ({seconds:.1f} s on {device}); prior precision by marginal "
+        "likelihood."
     )
-    rep.table([{"tower": t, "prior precision": lam} for t, lam in bvlm.prior_precision.items()])
+    rep.table([{"tower": t, "prior precision": v} for t, v in lam.items()])
     rep.save(run.path)
     return bvlm, run.path
 
 
 def zeroshot(
-    model: str,
-    hessian: str | Path,
-    images: str,
-    classes: str,
+    config: ZeroshotJobConfig | None = None,
     out: str | Path | None = None,
-    config: PredictConfig | None = None,
+    device: str | None = None,
 ) -> Path:
     """Zero-shot predictions with uncertainty; metrics when the images carry labels."""
-    config = config or PredictConfig()
-    class_names = data.read_classes(classes)
-    x, labels = data.read_images(images)
+    config = config or ZeroshotJobConfig()
+    device = _start(device, config.seed)
+    hessian = _hessian_folder(config.hessian)
+    class_names = data.read_classes(config.classes)
+    x, labels = data.read_images(config.images)
     data.check_labels(labels, len(class_names), "image")
-    vlm = load_model(model)
+    vlm = load_model(config.model, device)
     bvlm = BayesVLM.load(vlm, hessian)
     img = image_inputs(vlm, x, bvlm.config.encode_batch)
     cls = bvlm.class_inputs(class_names, config.templates)
+    log.info("zero-shot on %d images and %d classes (%s)", len(x), len(class_names), device)
     logits = bvlm.logits(img, cls)
     probs = logits.probs(config.predictive, config.mc_samples, config.seed)
 
-    run = Run(
-        SYSTEM,
-        out,
-        {
-            "model": model,
-            "hessian": str(hessian),
-            "images": images,
-            "classes": classes,
-            **config.model_dump(mode="json"),
-        },
-    )
+    run = Run(SYSTEM, out, config)
     buf = io.BytesIO()
-    np.savez(buf, mean=logits.mean.numpy(), var=logits.var.numpy(), probs=probs.numpy())
+    np.savez(
+        buf,
+        mean=logits.mean.cpu().numpy(),
+        var=logits.var.cpu().numpy(),
+        probs=probs.cpu().numpy(),
+    )
     atomic_write_bytes(run / "predictions.npz", buf.getvalue())
     results = {
-        "model": model,
+        "model": config.model,
         "n_images": len(x),
         "classes": class_names,
         "prior_precision": bvlm.prior_precision,
         "mean_logit_std": float(logits.var.sqrt().mean()),
+        "env": environment(device, config.seed),
     }
-    rep = Report(f"BayesVLM zero-shot: {model}")
+    rep = Report(f"BayesVLM zero-shot: {config.model}")
     if labels is not None:
         results["metrics"] = evaluation.score(bvlm, img, labels, cls, config)
         rep.table([{"method": m, **v} for m, v in results["metrics"].items()])
         map_probs = bvlm.logits(img, cls, map_estimate=True).probs()
         rep.figure(
             plots.reliability_grid(
-                {images: {"MAP": (map_probs, labels), "BayesVLM": (probs, labels)}}, config.ece_bins
+                {config.images: {"MAP": (map_probs, labels), "BayesVLM": (probs, labels)}},
+                config.ece_bins,
             ),
             "reliability",
         )
@@ -136,43 +203,50 @@ def zeroshot(
 
 
 def active(
-    model: str,
-    hessian: str | Path,
-    pool: str,
-    targets: str,
-    classes: str,
+    config: ActiveJobConfig | None = None,
     out: str | Path | None = None,
-    config: ActiveConfig | None = None,
-    budgets: list[int] | None = None,
-    seeds: int = 1,
+    resume: bool = False,
+    device: str | None = None,
 ) -> Path:
     """Select a support set from the labelled pool for the targets; with target labels,
-    also tune on it and report accuracy and ECE against the budget."""
-    config = config or ActiveConfig()
-    class_names = data.read_classes(classes)
-    pool_x, pool_y = data.read_pool(pool)
-    target_x, target_y = data.read_images(targets)
+    also tune on it and report accuracy and ECE against the budget. Each finished
+    (budget, seed) row is checkpointed; ``resume`` reuses the rows in ``out`` whose
+    inputs (model, posterior, pool, targets, classes, settings) are unchanged."""
+    config = config or ActiveJobConfig()
+    device = _start(device, config.seed)
+    _resume_folder(out, resume)
+    hessian = _hessian_folder(config.hessian)
+    budgets = sorted(set(config.budgets or [config.budget]))
+    if budgets[0] < 1 or budgets[-1] > config.budget:
+        raise InputError(f"the budgets {budgets} must lie in 1..{config.budget} (the budget)")
+    class_names = data.read_classes(config.classes)
+    pool_x, pool_y = data.read_pool(config.pool)
+    target_x, target_y = data.read_images(config.targets)
     data.check_labels(pool_y, len(class_names), "pool")
     data.check_labels(target_y, len(class_names), "target")
-    vlm = load_model(model)
+    vlm = load_model(config.model, device)
     bvlm = BayesVLM.load(vlm, hessian)
     pool_in = image_inputs(vlm, pool_x, bvlm.config.encode_batch)
     target_in = image_inputs(vlm, target_x, bvlm.config.encode_batch)
     cls = bvlm.class_inputs(class_names)
-    picks = al.select(bvlm, pool_in, target_in, cls, config)
-
-    run = Run(
-        SYSTEM,
-        out,
-        {
-            "model": model,
-            "hessian": str(hessian),
-            "pool": pool,
-            "targets": targets,
-            "classes": classes,
-            **config.model_dump(mode="json"),
-        },
+    log.info(
+        "selecting %d of %d pool items for %d targets by %s (%s)",
+        config.budget,
+        len(pool_x),
+        len(target_x),
+        config.strategy,
+        device,
     )
+    picks = al.select(bvlm, pool_in, target_in, cls, config)
+    shared_inputs = {
+        "model": checkpoints.model_fingerprint(vlm),
+        "hessian": checkpoints.files_fingerprint(hessian, (FACTORS_FILE, META_FILE)),
+        "pool": checkpoints.fingerprint(pool_x, pool_y),
+        "targets": checkpoints.fingerprint(target_x, target_y),
+        "classes": class_names,
+    }
+
+    run = Run(SYSTEM, out, config)
     results = {
         "strategy": config.strategy,
         "budget": config.budget,
@@ -185,32 +259,46 @@ def active(
         f"(select on {config.select_on})."
     )
     if target_y is not None:
-        budgets = sorted(set(budgets or [config.budget]))
+        store = checkpoints.RowStore(run / "checkpoints" / "rows", shared_inputs, resume)
         rows = al.budget_curve(
-            bvlm, pool_in, pool_y, target_in, target_y, cls, budgets, config, seeds=seeds
+            bvlm,
+            pool_in,
+            pool_y,
+            target_in,
+            target_y,
+            cls,
+            budgets,
+            config,
+            seeds=config.seeds,
+            store=store,
         )
         rows = [{"strategy": config.strategy, **r} for r in rows]
-        for r in rows:
-            run.log_metrics(r)
+        # written whole, not appended: a resumed run must not list its reused rows twice
+        atomic_write_text(run / "metrics.jsonl", "".join(to_json(r, None) + "\n" for r in rows))
         results["curve"] = rows
+        results["rows_reused"] = store.reused
+        if store.reused:
+            log.info("reused %d finished rows from %s", store.reused, run.path)
         rep.table(rows, ["budget", "seed", "map_acc", "map_ece", "bayesvlm_nlpd", "bayesvlm_ece"])
         rep.figure(plots.budget_curves(rows), "budget_curves")
+    results["env"] = environment(device, config.seed)
     run.write_results(results)
     return rep.save(run.path)
 
 
-def demo(out_dir: Path, quick: bool = False) -> Path:
+def demo(out_dir: str | Path, quick: bool = False, device: str | None = None) -> Path:
     """digits-clip: factors from the digits train pairs; MAP vs BayesVLM zero-shot on clean
-    and shifted digits; active-learning curves for the four strategies on noisy digits."""
-    from lucidml.core.config import seed_everything
-    from lucidml.core.zoo import load_digits, load_vlm
+    and shifted digits; active-learning curves for the four strategies on noisy digits.
+    ``quick`` (the tour's) tunes for 30 epochs instead of 100 at budgets 10 and 50 only,
+    with 200 BALD samples instead of 1000 and 2 random seeds instead of 5."""
+    from lucidml.core.zoo import load_digits
 
-    seed_everything(0)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    d, vlm = load_digits(), load_vlm("digits-clip")
+    device = _start(device, 0)
+    out_dir = make_run_dir(SYSTEM, out_dir)
+    d, vlm = load_digits(), load_model("digits-clip", device)
     post_cfg, pred_cfg = PosteriorConfig(), PredictConfig()
     captions = data.digits_captions(d.train_y, d.class_names)
+    log.info("demo: fitting the posterior on %d digits image-caption pairs", len(captions))
     train_in = image_inputs(vlm, d.train_x)
     start = time.perf_counter()
     bvlm = BayesVLM(vlm, post_cfg).fit_inputs(train_in, text_inputs(vlm, captions))
@@ -219,6 +307,7 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
     bvlm.save(out_dir / "posterior")
     cls = bvlm.class_inputs(d.class_names, TEMPLATES)
 
+    log.info("demo: zero-shot on clean digits and %s", ", ".join(data.SHIFTS))
     sets = {
         "clean": d.test_x,
         **{name: data.read_images(f"digits-{name}")[0] for name in data.SHIFTS},
@@ -232,7 +321,7 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
             "MAP": (bvlm.logits(x_in, cls, map_estimate=True).probs(), d.test_y),
             "BayesVLM": (logits.probs(), d.test_y),
         }
-        spread[name] = logits.var.sqrt().mean(1).numpy()
+        spread[name] = logits.var.sqrt().mean(1).cpu().numpy()
     ood_auroc = {
         name: metrics.auroc(
             np.r_[spread["clean"], spread[name]],
@@ -244,9 +333,10 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
     # Active learning on noisy digits: zero-shot accuracy drops, so a support set helps.
     budgets = [10, 50] if quick else [10, 20, 30, 50]
     finetune = FinetuneConfig(lr=1e-3, epochs=30 if quick else 100)  # paper lr 1e-5: see docs
+    log.info("demo: active learning on noisy digits, budgets %s", budgets)
     pool_in = image_inputs(vlm, data.read_pool("digits-noise")[0])
     rows = []
-    for strategy in al.STRATEGIES:
+    for strategy in track(list(al.STRATEGIES), "active-learning strategies"):
         cfg = ActiveConfig(
             strategy=strategy, bald_samples=200 if quick else 1000, finetune=finetune
         )
@@ -274,6 +364,7 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
         "ood_auroc_logit_std": ood_auroc,
         "active": rows,
         "quick": quick,
+        "env": environment(device, 0),
     }
     write_json(out_dir / "results.json", results)
 

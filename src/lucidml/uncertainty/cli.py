@@ -1,13 +1,16 @@
-"""``lucid uncertainty``: fit a BayesVLM posterior, predict zero-shot, select support sets."""
+"""``lucid uncertainty``: fit a BayesVLM posterior, predict zero-shot, select support sets.
+
+Options that set a config field default to None, so a value from ``--config`` is never
+replaced by a default; ``--help`` shows the effective default.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lucidml.core.runs import make_run_dir
+from lucidml.core.options import ConfigFile, Device, Out, Quick, Quiet, Resume, Seed, start
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,63 +18,69 @@ app = typer.Typer(
 )
 
 Model = Annotated[
-    str,
-    typer.Option("--model", help="digits-clip, a Hugging Face id or a local CLIP/SigLIP folder."),
-]
-Out = Annotated[
-    Path | None, typer.Option("--out", help="Run folder (default runs/uncertainty/<timestamp>).")
-]
-ConfigFile = Annotated[
-    Path | None,
-    typer.Option("--config", help="YAML with config fields; command-line options override it."),
+    str | None,
+    typer.Option(
+        "--model",
+        help="digits-clip, a Hugging Face id or a local CLIP/SigLIP folder.",
+        show_default="digits-clip",
+    ),
 ]
 Hessian = Annotated[
-    Path,
+    str | None,
     typer.Option(
         "--hessian",
         help="Folder written by `lucid uncertainty fit` (factors.safetensors, posterior.json).",
+        show_default="required, unless --config names it",
     ),
 ]
 Classes = Annotated[
-    str, typer.Option("--classes", help="Text file with one class name per line, or 'digits'.")
+    str | None,
+    typer.Option(
+        "--classes",
+        help="UTF-8 text file with one class name per line, or 'digits'.",
+        show_default="digits",
+    ),
 ]
-
-
-def _config(cls, path: Path | None, **overrides):
-    base = cls.from_yaml(path) if path is not None else cls()
-    return base.updated(**overrides)
 
 
 @app.command()
 def fit(
-    model: Model = "digits-clip",
+    model: Model = None,
     pairs: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--pairs",
             help="Folder with images.npy and captions.txt, or 'digits' (the digits train split).",
+            show_default="digits",
         ),
-    ] = "digits",
-    out: Out = None,
-    config: ConfigFile = None,
-    damping: Annotated[str | None, typer.Option(help="split (reference) or eig.")] = None,
+    ] = None,
+    damping: Annotated[
+        str | None, typer.Option(help="split (reference) or eig.", show_default="split")
+    ] = None,
     compat_logdet: Annotated[
         bool | None,
         typer.Option(
-            "--compat-logdet/--no-compat-logdet", help="Reproduce the reference's logdet term."
+            "--compat-logdet/--no-compat-logdet",
+            help="Reproduce the reference's logdet term.",
+            show_default="no-compat-logdet",
         ),
     ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue an interrupted fit in --out from its last batch."),
-    ] = False,
+    out: Out = None,
+    config: ConfigFile = None,
+    seed: Seed = None,
+    device: Device = None,
+    quiet: Quiet = False,
+    resume: Resume = False,
 ) -> None:
     """Fit K-FAC factors on image-caption pairs and the prior precision by marginal likelihood."""
+    start(quiet)
     from lucidml.uncertainty import api
-    from lucidml.uncertainty.config import PosteriorConfig
+    from lucidml.uncertainty.config import FitJobConfig
 
-    cfg = _config(PosteriorConfig, config, damping=damping, compat_logdet=compat_logdet)
-    bvlm, path = api.fit(model, pairs, out, cfg, resume=resume)
+    cfg = FitJobConfig.from_cli(
+        config, model=model, pairs=pairs, damping=damping, compat_logdet=compat_logdet, seed=seed
+    )
+    bvlm, path = api.fit(cfg, out, resume=resume, device=device)
     lam = bvlm.prior_precision
     typer.echo(f"prior precision: image {lam['image']:.4g}, text {lam['text']:.4g}")
     typer.echo(f"posterior: {path.resolve()}")
@@ -79,90 +88,146 @@ def fit(
 
 @app.command()
 def zeroshot(
-    hessian: Hessian,
-    model: Model = "digits-clip",
+    hessian: Hessian = None,
+    model: Model = None,
     images: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--images",
-            help="Folder with images.npy (and optional "
-            "labels.npy), or digits / digits-noise / digits-rotate / "
-            "digits-invert.",
+            help="Folder with images.npy (and optional labels.npy), or digits / digits-noise / "
+            "digits-rotate / digits-invert (test split).",
+            show_default="digits",
         ),
-    ] = "digits",
-    classes: Classes = "digits",
+    ] = None,
+    classes: Classes = None,
+    predictive: Annotated[
+        str | None, typer.Option(help="probit or mc.", show_default="probit")
+    ] = None,
     out: Out = None,
     config: ConfigFile = None,
-    predictive: Annotated[str | None, typer.Option(help="probit (default) or mc.")] = None,
+    seed: Seed = None,
+    device: Device = None,
+    quiet: Quiet = False,
 ) -> None:
-    """Zero-shot class probabilities with BayesVLM uncertainty (metrics when labelled)."""
+    """Zero-shot class probabilities with BayesVLM uncertainty (metrics when labelled).
+    One pass over the images, so there is nothing to --resume."""
+    start(quiet)
     from lucidml.uncertainty import api
-    from lucidml.uncertainty.config import PredictConfig
+    from lucidml.uncertainty.config import ZeroshotJobConfig
 
-    cfg = _config(PredictConfig, config, predictive=predictive)
-    report = api.zeroshot(model, hessian, images, classes, out, cfg)
+    cfg = ZeroshotJobConfig.from_cli(
+        config,
+        hessian=hessian,
+        model=model,
+        images=images,
+        classes=classes,
+        predictive=predictive,
+        seed=seed,
+    )
+    report = api.zeroshot(cfg, out, device=device)
     typer.echo(f"report: {report.resolve()}")
+
+
+def _budget_list(budgets: str | None) -> list[int] | None:
+    from lucidml.errors import InputError
+
+    if budgets is None:
+        return None
+    try:
+        return [int(b) for b in budgets.split(",")]
+    except ValueError:
+        raise InputError(f"--budgets '{budgets}' must be comma-separated integers") from None
 
 
 @app.command()
 def active(
-    hessian: Hessian,
-    model: Model = "digits-clip",
+    hessian: Hessian = None,
+    model: Model = None,
     pool: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--pool",
-            help="Labelled pool: folder with images.npy and "
-            "labels.npy, or a digits name (train split).",
+            help="Labelled pool: folder with images.npy and labels.npy, or a digits name "
+            "(train split).",
+            show_default="digits",
         ),
-    ] = "digits",
+    ] = None,
     targets: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--targets",
             help="Target images: folder or digits name (test split); labels enable the curves.",
+            show_default="digits",
         ),
-    ] = "digits",
-    classes: Classes = "digits",
-    strategy: Annotated[str | None, typer.Option(help="random, entropy, bald or epig.")] = None,
-    budget: Annotated[int | None, typer.Option(help="Support-set size.")] = None,
+    ] = None,
+    classes: Classes = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="random, entropy, bald or epig.", show_default="epig"),
+    ] = None,
+    budget: Annotated[int | None, typer.Option(help="Support-set size.", show_default="50")] = None,
     select_on: Annotated[
         str | None,
-        typer.Option(help="test (rank targets, map to the pool) or train (rank the pool)."),
+        typer.Option(
+            help="test (rank targets, map to the pool) or train (rank the pool).",
+            show_default="test",
+        ),
     ] = None,
     budgets: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated budgets for the curve, e.g. 10,20,50 (default: --budget)."
+            help="Comma-separated budgets for the curve, e.g. 10,20,50.",
+            show_default="the --budget",
         ),
     ] = None,
-    seeds: Annotated[int, typer.Option(help="Selection seeds to average.")] = 1,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            help="Selection seeds to average (--seed, --seed + 1, ...).", show_default="1"
+        ),
+    ] = None,
     out: Out = None,
     config: ConfigFile = None,
+    seed: Seed = None,
+    device: Device = None,
+    quiet: Quiet = False,
+    resume: Resume = False,
 ) -> None:
-    """Pick a support set from the pool for the targets, tune on it, report the curves."""
-    from lucidml.errors import InputError
+    """Pick a support set from the pool for the targets, tune on it, report the curves.
+    Each finished (budget, seed) row is checkpointed; --resume reuses unchanged ones."""
+    start(quiet)
     from lucidml.uncertainty import api
-    from lucidml.uncertainty.config import ActiveConfig
+    from lucidml.uncertainty.config import ActiveJobConfig
 
-    cfg = _config(ActiveConfig, config, strategy=strategy, budget=budget, select_on=select_on)
-    try:
-        budget_list = [int(b) for b in budgets.split(",")] if budgets else None
-    except ValueError:
-        raise InputError(f"--budgets '{budgets}' must be comma-separated integers") from None
-    if budget_list and (min(budget_list) <= 0 or max(budget_list) > cfg.budget):
-        raise InputError(f"--budgets must lie in 1..{cfg.budget} (the --budget)")
-    report = api.active(model, hessian, pool, targets, classes, out, cfg, budget_list, seeds)
+    cfg = ActiveJobConfig.from_cli(
+        config,
+        hessian=hessian,
+        model=model,
+        pool=pool,
+        targets=targets,
+        classes=classes,
+        strategy=strategy,
+        budget=budget,
+        select_on=select_on,
+        budgets=_budget_list(budgets),
+        seeds=seeds,
+        seed=seed,
+    )
+    report = api.active(cfg, out, resume=resume, device=device)
     typer.echo(f"report: {report.resolve()}")
 
 
 @app.command()
 def demo(
     out: Out = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Fewer budgets and epochs.")] = False,
+    quick: Quick = False,
+    device: Device = None,
+    quiet: Quiet = False,
 ) -> None:
     """digits-clip: MAP vs BayesVLM on clean and shifted digits, active-learning curves."""
+    start(quiet)
+    from lucidml.core.runs import run_dir_path
     from lucidml.uncertainty import api
 
-    report = api.demo(make_run_dir("uncertainty", out), quick=quick)
+    report = api.demo(run_dir_path("uncertainty", out), quick=quick, device=device)
     typer.echo(f"report: {report.resolve()}")

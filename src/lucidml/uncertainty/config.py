@@ -1,4 +1,10 @@
-"""Configs for BayesVLM jobs; defaults are the paper's unless a comment says otherwise."""
+"""Configs for BayesVLM jobs; defaults are the paper's unless a comment says otherwise.
+
+``PosteriorConfig``, ``PredictConfig`` and ``ActiveConfig`` are what the library needs.
+The ``*JobConfig`` classes extend them with a command's inputs (model, data, seed), so a
+run folder's ``config.yaml`` records everything the job read and can be passed back
+with ``--config``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 
 from lucidml.core.config import Config
+
+DEFAULT_MODEL = "digits-clip"
 
 
 class PosteriorConfig(Config):
@@ -40,7 +48,8 @@ class FinetuneConfig(Config):
     weight_decay: float = Field(5e-2, ge=0)
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(30, gt=0)
-    val_size: int = Field(200, ge=0)  # labelled pool items held out to pick the best epoch
+    # labelled pool items held out to pick the best epoch; 0 keeps the last epoch
+    val_size: int = Field(200, ge=0)
 
 
 class ActiveConfig(Config):
@@ -56,3 +65,32 @@ class ActiveConfig(Config):
     epig_target_max: int = Field(20_000, gt=0)
     seed: int = 0
     finetune: FinetuneConfig = FinetuneConfig()
+
+
+class FitJobConfig(PosteriorConfig):
+    """``lucid uncertainty fit``: the posterior settings plus what it is fitted on."""
+
+    model: str = DEFAULT_MODEL  # embedded name, Hugging Face id or local folder
+    pairs: str = "digits"  # folder with images.npy and captions.txt, or 'digits'
+    seed: int = 0
+
+
+class ZeroshotJobConfig(PredictConfig):
+    """``lucid uncertainty zeroshot``: prediction settings plus the posterior and images."""
+
+    model: str = DEFAULT_MODEL
+    hessian: str | None = None  # folder written by fit (required)
+    images: str = "digits"
+    classes: str = "digits"
+
+
+class ActiveJobConfig(ActiveConfig):
+    """``lucid uncertainty active``: selection settings plus the posterior and the data."""
+
+    model: str = DEFAULT_MODEL
+    hessian: str | None = None  # folder written by fit (required)
+    pool: str = "digits"
+    targets: str = "digits"
+    classes: str = "digits"
+    budgets: list[int] | None = None  # budgets of the curve; None: [budget]
+    seeds: int = Field(1, gt=0)  # selection seeds seed, seed + 1, ... to average

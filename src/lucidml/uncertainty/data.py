@@ -58,21 +58,65 @@ def digits_captions(labels: torch.Tensor, class_names, seed: int = 0) -> list[st
     ]
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
 def _load_images(path: Path) -> torch.Tensor:
+    """images.npy as float32 (N, C, H, W), checked to be finite and in [0, 1]."""
     if not path.is_file():
+        if path.parent.is_dir() and any(
+            f.suffix.lower() in IMAGE_SUFFIXES for f in path.parent.iterdir()
+        ):
+            raise InputError(
+                f"{path.parent} holds image files but no images.npy; save the images, "
+                "all the same size, as one (N, C, H, W) float array in [0, 1] with numpy.save"
+            )
         raise InputError(f"{path} does not exist; expected an images.npy array")
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
+        if str(exc).startswith("Object arrays"):  # numpy.save of images of mixed sizes
+            raise ShapeError(
+                f"{path} holds an object array (images of different sizes?); expected one "
+                "(N, C, H, W) float array of images that all have the same size"
+            ) from None
+        raise InputError(f"{path} is not a readable .npy array ({exc})") from None
+    except (OSError, EOFError) as exc:
         raise InputError(f"{path} is not a readable .npy array ({exc})") from None
     if arr.ndim == 3:
         arr = arr[:, None]
-    if arr.ndim != 4 or len(arr) == 0 or not np.issubdtype(arr.dtype, np.number):
+    numeric = np.issubdtype(arr.dtype, np.number) and not np.issubdtype(
+        arr.dtype, np.complexfloating
+    )
+    if arr.ndim != 4 or len(arr) == 0 or not numeric:
         raise ShapeError(
             f"{path} has shape {arr.shape}; expected a non-empty numeric "
             "(N, C, H, W) or (N, H, W) array"
         )
-    return torch.from_numpy(arr.astype(np.float32))
+    images = arr.astype(np.float32)
+    if not np.isfinite(images).all():
+        bad = int((~np.isfinite(images)).reshape(len(images), -1).any(1).sum())
+        raise InputError(f"{path} holds NaN or infinite values in {bad} of {len(images)} images")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0 or hi > 1:
+        hint = " (8-bit images? divide by 255)" if hi > 1 and lo >= 0 else ""
+        raise InputError(f"{path} has values in [{lo:g}, {hi:g}]; expected [0, 1]{hint}")
+    return torch.from_numpy(images)
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start} cannot be decoded)"
+        ) from None
+    except OSError as exc:
+        raise InputError(
+            f"cannot read {what} {path}: {(exc.strerror or str(exc)).lower()}"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_pairs(spec: str) -> tuple[torch.Tensor, list[str]]:
@@ -92,7 +136,7 @@ def read_pairs(spec: str) -> tuple[torch.Tensor, list[str]]:
     captions_file = folder / "captions.txt"
     if not captions_file.is_file():
         raise InputError(f"{captions_file} does not exist; expected one caption per image")
-    captions = [c for c in captions_file.read_text().splitlines() if c.strip()]
+    captions = _read_lines(captions_file, "caption file")
     if len(captions) != len(images):
         raise ShapeError(
             f"{captions_file} has {len(captions)} captions for {len(images)} "
@@ -125,7 +169,10 @@ def read_images(spec: str, split: str = "test") -> tuple[torch.Tensor, torch.Ten
     labels_file = folder / "labels.npy"
     if not labels_file.is_file():
         return images, None
-    labels = np.load(labels_file, allow_pickle=False)
+    try:
+        labels = np.load(labels_file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{labels_file} is not a readable .npy array ({exc})") from None
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise ShapeError(
             f"{labels_file} has shape {labels.shape} and type {labels.dtype}; "
@@ -151,7 +198,7 @@ def read_classes(spec: str) -> list[str]:
     path = Path(spec)
     if not path.is_file():
         raise InputError(f"class file {path} does not exist; expected one class name per line")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = _read_lines(path, "class file")
     if not names:
         raise InputError(f"class file {path} is empty; expected one class name per line")
     return names

@@ -52,13 +52,6 @@ class KronFactors:
         root = math.sqrt(n_data)
         return cls(sum_aa / root, sum_h / root, n_data)
 
-    def state_dict(self) -> dict:
-        return {"A": self.A, "B": self.B, "n_data": torch.tensor(self.n_data)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> KronFactors:
-        return cls(state["A"], state["B"], int(state["n_data"]))
-
 
 def psd_eigh(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (clamped at 0, round-off can make them slightly negative) and vectors."""
@@ -120,8 +113,10 @@ def optimize_prior_precision(
     log_bounds: tuple[float, float] = (-5.0, 15.0),
 ) -> float:
     """The prior precision lam maximising ``log_marglik``: Brent's method on log lam within
-    ``log_bounds`` (default), or the reference's 300 Adam steps (lr 1e-2) from ``init``."""
-    alpha, beta = alpha.double(), beta.double()
+    ``log_bounds`` (default), or the reference's 300 Adam steps (lr 1e-2) from ``init``.
+    Runs on the CPU whatever the factors' device: it needs only the two eigenvalue
+    vectors, and the scalar solver reads one number per step."""
+    alpha, beta = alpha.double().cpu(), beta.double().cpu()
     args = (alpha, beta, theta_sqnorm, n, damping, compat)
     if solver == "brent":
         from scipy.optimize import minimize_scalar
@@ -161,9 +156,12 @@ def sample_weight_noise(
     n_samples: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draws of W - W_map from the posterior, (S, q, p): V (Z * sqrt(M)^T) U^T."""
+    """Draws of W - W_map from the posterior, (S, q, p): V (Z * sqrt(M)^T) U^T.
+    Z is drawn on the CPU (where ``generator`` lives), so one seed gives the same draws
+    on every device."""
     p, q = M.shape
-    z = torch.randn(n_samples, q, p, generator=generator, dtype=U.dtype) * M.sqrt().T
+    z = torch.randn(n_samples, q, p, generator=generator, dtype=U.dtype).to(U.device)
+    z = z * M.sqrt().T
     # V z U^T for every draw, as two plain 2-D matmuls (batched broadcasting is slow on CPU)
     left = (V @ z.transpose(0, 1).reshape(q, n_samples * p)).reshape(q, n_samples, p)
     return (left.transpose(0, 1).reshape(n_samples * q, p) @ U.T).reshape(n_samples, q, p)

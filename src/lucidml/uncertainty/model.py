@@ -8,7 +8,7 @@ probs = logits.probs()            # probit-corrected; logits.var is the uncertai
 from __future__ import annotations
 
 import itertools
-import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lucidml.core.progress import get_logger, track
 from lucidml.errors import InputError, ModelError, ShapeError
 from lucidml.uncertainty import kfac
 from lucidml.uncertainty.config import PosteriorConfig
@@ -25,12 +26,13 @@ from lucidml.uncertainty.probcos import cosine_moments
 from lucidml.uncertainty.towers import (
     TOWERS,
     TowerInputs,
+    float64_device,
     image_inputs,
     projection_layer,
     text_inputs,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger("uncertainty")
 FACTORS_FILE, META_FILE = "factors.safetensors", "posterior.json"
 
 
@@ -44,17 +46,23 @@ class FactorSums:
     n_data: int = 0
     n_batches: int = 0
 
-    def state_dict(self) -> dict:
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The sums as flat CPU tensors ``sum_aa.image``, ``sum_h.text``, ... (safetensors)."""
         return {
-            "sum_aa": self.sum_aa,
-            "sum_h": self.sum_h,
-            "n_data": self.n_data,
-            "n_batches": self.n_batches,
+            f"{kind}.{tower}": value.detach().cpu().contiguous()
+            for kind, per_tower in (("sum_aa", self.sum_aa), ("sum_h", self.sum_h))
+            for tower, value in per_tower.items()
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> FactorSums:
-        return cls(state["sum_aa"], state["sum_h"], state["n_data"], state["n_batches"])
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], n_data: int, n_batches: int, device="cpu"
+    ) -> FactorSums:
+        per_kind: dict[str, dict[str, torch.Tensor]] = {"sum_aa": {}, "sum_h": {}}
+        for name, value in tensors.items():
+            kind, tower = name.split(".", 1)
+            per_kind[kind][tower] = value.to(device, torch.float64)
+        return cls(per_kind["sum_aa"], per_kind["sum_h"], n_data, n_batches)
 
 
 @dataclass
@@ -78,10 +86,20 @@ class TowerPosterior:
 
 
 class BayesVLM:
-    """Post-hoc Laplace uncertainty for a ``VisionLanguageModel`` (CLIP or SigLIP)."""
+    """Post-hoc Laplace uncertainty for a ``VisionLanguageModel`` (CLIP or SigLIP).
 
-    def __init__(self, vlm, config: PosteriorConfig | None = None):
+    The encoders run where the model is (``device`` moves it there first; None leaves it
+    where it is), in the model's dtype. The posterior (factors, eigenbases, variances) is
+    float64 on the same device, or on the CPU for devices without float64 (Apple's MPS).
+    """
+
+    def __init__(self, vlm, config: PosteriorConfig | None = None, device: str | None = None):
+        if device is not None:
+            from lucidml.core.config import resolve_device
+
+            vlm.to(resolve_device(device))
         self.vlm, self.config = vlm, config or PosteriorConfig()
+        self.device = float64_device(vlm.device)
         self.layers = {t: projection_layer(vlm, t) for t in TOWERS}
         self.posteriors: dict[str, TowerPosterior] = {}
         self.weight_overrides: dict[str, torch.Tensor] = {}  # e.g. a few-shot tuned projection
@@ -90,8 +108,10 @@ class BayesVLM:
     # --- the layer ------------------------------------------------------------------------
     def _weight(self, tower: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         layer = self.layers[tower]
-        bias = None if layer.bias is None else layer.bias.detach().double().cpu()
-        weight = self.weight_overrides.get(tower, layer.weight.detach().double().cpu())
+        bias = None if layer.bias is None else layer.bias.detach().to(self.device, torch.float64)
+        weight = self.weight_overrides.get(tower)
+        if weight is None:
+            weight = layer.weight.detach().to(self.device, torch.float64)
         return weight, bias
 
     @property
@@ -131,7 +151,9 @@ class BayesVLM:
         ``on_batch`` sees the running sums after every class batch (to checkpoint them);
         passing saved ``sums`` back resumes, skipping the batches they already hold."""
         sums = sums or self._zero_sums()
-        remaining = itertools.islice(self._class_batches(pairs), sums.n_batches, None)
+        batches = self._class_batches(pairs)
+        total = len(batches) - sums.n_batches if isinstance(batches, list) else None
+        remaining = itertools.islice(batches, sums.n_batches, None)
         encoded = (
             (
                 image_inputs(self.vlm, images, self.config.encode_batch),
@@ -139,7 +161,7 @@ class BayesVLM:
             )
             for images, captions in remaining
         )
-        return self._fit_batches(encoded, sums, on_batch)
+        return self._fit_batches(encoded, sums, on_batch, total)
 
     def fit_inputs(self, img: TowerInputs, txt: TowerInputs) -> BayesVLM:
         """``fit`` on cached projection inputs of paired images and captions."""
@@ -147,14 +169,15 @@ class BayesVLM:
             raise ShapeError(f"got {len(img)} image inputs but {len(txt)} caption inputs")
         step = self.config.class_batch
         batches = ((img[i : i + step], txt[i : i + step]) for i in range(0, len(img), step))
-        return self._fit_batches(batches, self._zero_sums())
+        return self._fit_batches(batches, self._zero_sums(), total=math.ceil(len(img) / step))
 
     def _zero_sums(self) -> FactorSums:
         dims = {t: self.layers[t].in_features + (self.layers[t].bias is not None) for t in TOWERS}
         q = self.layers["image"].out_features
+        zeros = dict(dtype=torch.float64, device=self.device)
         return FactorSums(
-            {t: torch.zeros(dims[t], dims[t], dtype=torch.float64) for t in TOWERS},
-            {t: torch.zeros(q, q, dtype=torch.float64) for t in TOWERS},
+            {t: torch.zeros(dims[t], dims[t], **zeros) for t in TOWERS},
+            {t: torch.zeros(q, q, **zeros) for t in TOWERS},
         )
 
     def _fit_batches(
@@ -162,8 +185,9 @@ class BayesVLM:
         batches: Iterable[tuple[TowerInputs, TowerInputs]],
         sums: FactorSums,
         on_batch: Callable[[FactorSums], None] | None = None,
+        total: int | None = None,
     ) -> BayesVLM:
-        for img, txt in batches:
+        for img, txt in track(batches, "K-FAC class batches", total=total):
             self._accumulate(img, txt, sums.sum_aa, sums.sum_h)
             sums.n_data += len(img)
             sums.n_batches += 1
@@ -312,7 +336,8 @@ class BayesVLM:
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """Write ``factors.safetensors`` and ``posterior.json`` into ``folder``."""
+        """Write ``factors.safetensors`` and ``posterior.json`` into ``folder``; the factors
+        are stored as float64 CPU tensors, so they load on any device."""
         from safetensors.torch import save as st_save
 
         from lucidml.core.runs import atomic_write_bytes, write_json
@@ -321,8 +346,8 @@ class BayesVLM:
         folder = Path(folder)
         tensors = {}
         for t, post in self.posteriors.items():
-            tensors[f"{t}.A"] = post.factors.A.contiguous()
-            tensors[f"{t}.B"] = post.factors.B.contiguous()
+            tensors[f"{t}.A"] = post.factors.A.cpu().contiguous()
+            tensors[f"{t}.B"] = post.factors.B.cpu().contiguous()
         atomic_write_bytes(folder / FACTORS_FILE, st_save(tensors))
         meta = {
             "model": self.vlm.name,
@@ -334,58 +359,107 @@ class BayesVLM:
             "theta_sqnorm": {t: p.theta_sqnorm for t, p in self.posteriors.items()},
             "prior_precision": self.prior_precision,
             "lambda_fitted": self.lambda_fitted,
-            "config": self.config.model_dump(mode="json"),
+            # the posterior's own fields only (a job config adds its inputs to them)
+            "config": self.config.model_dump(
+                mode="json", include=set(PosteriorConfig.model_fields)
+            ),
         }
         write_json(folder / META_FILE, meta)
         return folder
 
     @classmethod
-    def load(cls, vlm, folder: str | Path, config: PosteriorConfig | None = None) -> BayesVLM:
-        """Rebuild a fitted BayesVLM for ``vlm`` from a folder written by ``save``."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from lucidml.core.runs import read_json
-
+    def load(
+        cls,
+        vlm,
+        folder: str | Path,
+        config: PosteriorConfig | None = None,
+        device: str | None = None,
+    ) -> BayesVLM:
+        """Rebuild a fitted BayesVLM for ``vlm`` from a folder written by ``save``, on
+        ``device`` (None: where ``vlm`` is), whichever device the factors were fitted on."""
         folder = Path(folder)
-        if not (folder / FACTORS_FILE).is_file():
-            raise InputError(
-                f"{folder} holds no {FACTORS_FILE}; run `lucid uncertainty fit` to create it"
-            )
-        meta = read_json(folder / META_FILE)
-        if not isinstance(meta, dict) or "shapes" not in meta:
-            raise InputError(f"{folder / META_FILE} is not a BayesVLM posterior description")
-        try:
-            tensors = load_file(folder / FACTORS_FILE)
-        except (SafetensorError, OSError) as exc:
-            raise InputError(
-                f"{folder / FACTORS_FILE} is not a readable safetensors file ({exc})"
-            ) from None
+        meta, tensors = _read_posterior_files(folder)
         base = PosteriorConfig.from_dict(meta.get("config", {}), source=str(folder / META_FILE))
-        self = cls(vlm, config or base)
+        self = cls(vlm, config or base, device)
+        fitted_on = f"'{meta.get('model')}'"
         if meta.get("kind") != vlm.kind:
             raise ModelError(
-                f"the factors in {folder} were fitted on the {meta.get('kind')} "
-                f"model '{meta.get('model')}', which does not match {vlm.name} "
-                f"({vlm.kind})"
+                f"the factors in {folder} were fitted on the {meta.get('kind')} model "
+                f"{fitted_on}, which does not match {vlm.name} ({vlm.kind})"
             )
         for t in TOWERS:
-            want = [self.layers[t].out_features, self.layers[t].in_features]
-            if meta["shapes"].get(t) != want or f"{t}.A" not in tensors:
+            layer = self.layers[t]
+            want = [layer.out_features, layer.in_features]
+            if meta["shapes"].get(t) != want:
                 raise ModelError(
-                    f"the factors in {folder} were fitted on '{meta.get('model')}' "
-                    f"({t} projection {meta['shapes'].get(t)}), which does not "
-                    f"match {vlm.name} ({t} projection {want})"
+                    f"the factors in {folder} were fitted on {fitted_on} ({t} projection "
+                    f"{meta['shapes'].get(t)}), which does not match {vlm.name} ({t} "
+                    f"projection {want})"
                 )
+            p, q = layer.in_features + (layer.bias is not None), layer.out_features
+            A, B = tensors.get(f"{t}.A"), tensors.get(f"{t}.B")
+            for name, factor, n in ((f"{t}.A", A, p), (f"{t}.B", B, q)):
+                if factor is None or tuple(factor.shape) != (n, n):
+                    got = "missing" if factor is None else f"of shape {tuple(factor.shape)}"
+                    raise InputError(
+                        f"{folder / FACTORS_FILE}: factor {name} is {got}; expected ({n}, {n}) "
+                        f"for {vlm.name}"
+                    )
+                if not torch.isfinite(factor).all():
+                    raise InputError(
+                        f"{folder / FACTORS_FILE}: factor {name} holds NaN or infinite values"
+                    )
             factors = kfac.KronFactors(
-                tensors[f"{t}.A"].double(), tensors[f"{t}.B"].double(), int(meta["n_pairs"])
+                A.to(self.device, torch.float64),
+                B.to(self.device, torch.float64),
+                meta["n_pairs"],
             )
-            self._set_posterior(t, factors, float(meta["prior_precision"][t]))
-            saved = meta.get("theta_sqnorm", {}).get(t)
-            if saved is None or abs(saved - self.posteriors[t].theta_sqnorm) > 1e-6 * saved:
+            self._set_posterior(t, factors, meta["prior_precision"][t])
+            saved = meta["theta_sqnorm"][t]
+            if abs(saved - self.posteriors[t].theta_sqnorm) > 1e-6 * saved:
                 raise ModelError(
-                    f"the factors in {folder} were fitted on '{meta.get('model')}', "
-                    f"whose {t} projection weights differ from {vlm.name}'s"
+                    f"the factors in {folder} were fitted on {fitted_on}, whose {t} "
+                    f"projection weights differ from {vlm.name}'s"
                 )
         self.lambda_fitted = bool(meta.get("lambda_fitted", False))
         return self
+
+
+def _read_posterior_files(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """posterior.json and factors.safetensors of a saved posterior, checked for what load
+    relies on; any problem is one sentence naming the file."""
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    factors_file, meta_file = folder / FACTORS_FILE, folder / META_FILE
+    if not factors_file.is_file():
+        raise InputError(
+            f"{folder} holds no {FACTORS_FILE}; run `lucid uncertainty fit` to create it"
+        )
+    if not meta_file.is_file():
+        raise InputError(f"{folder} holds no {META_FILE}; run `lucid uncertainty fit` to create it")
+    try:
+        meta = json.loads(meta_file.read_bytes())
+    except ValueError as exc:  # invalid JSON or not UTF-8
+        raise InputError(f"{meta_file} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("shapes"), dict):
+        raise InputError(f"{meta_file} is not a BayesVLM posterior description")
+    n_pairs = meta.get("n_pairs")
+    if not isinstance(n_pairs, int) or isinstance(n_pairs, bool) or n_pairs < 1:
+        raise InputError(f"{meta_file}: n_pairs must be a positive integer, got {n_pairs!r}")
+    for key, least in (("prior_precision", "positive"), ("theta_sqnorm", "non-negative")):
+        values = meta.get(key)
+        for t in TOWERS:
+            v = values.get(t) if isinstance(values, dict) else None
+            number = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            if not number or v < 0 or (v == 0 and least == "positive"):
+                raise InputError(
+                    f"{meta_file}: {key}.{t} must be a finite {least} number, got {v!r}"
+                )
+    try:
+        tensors = load_file(factors_file)
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{factors_file} is not a readable safetensors file ({exc})") from None
+    return meta, tensors

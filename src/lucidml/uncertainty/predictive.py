@@ -34,11 +34,13 @@ def mc_softmax(
     generator: torch.Generator | None = None,
     chunk: int = 50,
 ) -> torch.Tensor:
-    """Monte Carlo E[softmax(z)] over ``n_samples`` draws of z ~ N(mean, diag var)."""
+    """Monte Carlo E[softmax(z)] over ``n_samples`` draws of z ~ N(mean, diag var); the
+    draws come from the CPU ``generator`` and move to ``mean``'s device."""
     std, total = var.sqrt(), torch.zeros_like(mean)
     for start in range(0, n_samples, chunk):
         k = min(chunk, n_samples - start)
         eps = torch.randn((k, *mean.shape), generator=generator, dtype=mean.dtype)
+        eps = eps.to(mean.device)
         total += torch.softmax(mean + std * eps, dim=-1).sum(0)
     return total / n_samples
 

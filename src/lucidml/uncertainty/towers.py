@@ -1,5 +1,7 @@
-"""Where each tower's last linear map sits, and the activations that feed it (on the CPU,
-in float64, where all posterior algebra runs).
+"""Where each tower's last linear map sits, and the activations that feed it.
+
+The encoders run on the model's device in its dtype; the activations they return are
+float64 on ``float64_device(model device)``, where all posterior algebra runs.
 
 An embedding is e = W a + b + r: ``a`` is the projection input, ``b`` its bias (if any)
 and ``r`` a residual added after it (SigLIP's image head ends in ``x + mlp(x)``).
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from lucidml.core.hooks import Site, capture
+from lucidml.core.progress import track
 from lucidml.errors import InputError, ModelError
 
 TOWERS = ("image", "text")
@@ -50,6 +53,13 @@ class TowerInputs:
         return TowerInputs(torch.cat([p.a for p in parts]), r)
 
 
+def float64_device(device) -> torch.device:
+    """Where float64 posterior algebra runs for a model on ``device``: the same device,
+    or the CPU for one without float64 (Apple's MPS)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def projection_layer(vlm, tower: str) -> nn.Linear:
     """The linear layer the posterior is placed on, checked to be a Linear into the joint space."""
     name = _LAYERS[(vlm.kind, tower)]
@@ -71,31 +81,39 @@ def projection_layer(vlm, tower: str) -> nn.Linear:
 
 
 def image_inputs(vlm, images: torch.Tensor, batch_size: int = 256) -> TowerInputs:
-    """Projection inputs (and SigLIP's residual) for images (N, C, H, W), no gradients."""
+    """Projection inputs (and SigLIP's residual) for images (N, C, H, W), no gradients.
+    Images may sit on any device: each batch moves to the model's device on its own."""
     if len(images) == 0:
         raise InputError("no images given; expected a (N, C, H, W) tensor with N > 0")
+    vlm.preprocess(images[:1])  # a wrong size or channel count fails before any bar starts
+    out = float64_device(vlm.device)
     parts = []
+    starts = range(0, len(images), batch_size)
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
+        for start in track(starts, f"encoding {len(images)} images"):
             chunk = images[start : start + batch_size]
             if vlm.kind == "clip":
-                parts.append(TowerInputs(vlm.image_features(chunk).double().cpu()))
+                parts.append(TowerInputs(vlm.image_features(chunk).to(out, torch.float64)))
                 continue
             site = Site(_LAYERS[("siglip", "image")], pre=True)
             with capture(vlm.model, [site, _LAYERS[("siglip", "image")]]) as acts:
                 pooled = vlm.model.vision_model(pixel_values=vlm.preprocess(chunk)).pooler_output
-            a, out = acts[site], acts[_LAYERS[("siglip", "image")]]
-            a, out = a.reshape(-1, a.shape[-1]), out.reshape(-1, out.shape[-1])
-            parts.append(TowerInputs(a.double().cpu(), (pooled - out).double().cpu()))
+            a, fc2 = acts[site], acts[_LAYERS[("siglip", "image")]]
+            a, fc2 = a.reshape(-1, a.shape[-1]), fc2.reshape(-1, fc2.shape[-1])
+            parts.append(
+                TowerInputs(a.to(out, torch.float64), (pooled - fc2).to(out, torch.float64))
+            )
     return TowerInputs.cat(parts)
 
 
 def text_inputs(vlm, texts: Sequence[str], batch_size: int = 256) -> TowerInputs:
     """Projection inputs for texts, no gradients (no residual on either model's text side)."""
     texts = list(texts)
+    out = float64_device(vlm.device)
+    starts = range(0, len(texts), batch_size)
     with torch.no_grad():
         parts = [
-            vlm.text_features(texts[i : i + batch_size]).double().cpu()
-            for i in range(0, len(texts), batch_size)
+            vlm.text_features(texts[i : i + batch_size]).to(out, torch.float64)
+            for i in track(starts, f"encoding {len(texts)} texts")
         ]
     return TowerInputs(torch.cat(parts))
