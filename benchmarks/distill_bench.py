@@ -8,6 +8,11 @@ give the same accuracies for the same seeds.
 
     python benchmarks/distill_bench.py           # 30 epochs, about a minute on 2 cores
     python benchmarks/distill_bench.py --full    # the digits preset's 200 epochs
+    python benchmarks/distill_bench.py --groups  # is a student the same in another group?
+
+``--groups`` trains 5 students (one run's learning-rate grid) as a group of 5 and inside
+groups of 35 (the same 5 at the start, middle and end), and compares their histories
+and weights bit for bit: it is why ``rank`` shards whole runs (docs/distill.md).
 """
 
 from __future__ import annotations
@@ -27,11 +32,54 @@ from lucidml.distill.models import build_model
 from lucidml.distill.trainer import Member, derive_seed, train_batched, train_sequential
 
 
+def group_composition(ipc: int) -> None:
+    """Train 5 students alone and inside larger groups; print whether they are identical."""
+    cfg = EvalConfig.preset("digits-hard")
+    data = load_digits()
+
+    def member(seed: int, lr: float) -> Member:
+        idx = random_subset(data.train_y, {c: ipc for c in range(10)}, seed)
+        return Member(data.train_x[idx], F.one_hot(data.train_y[idx], 10).float(), lr, seed)
+
+    def model_fn():
+        return build_model("convnet", 1, 10, 8, **cfg.model.kwargs())
+
+    job = (
+        model_fn,
+        cfg.recipe.updated(epochs=20, eval_every=5),
+        lambda s, t: cross_entropy(s, t, None),
+        Augmenter(DSA(cfg.augment.dsa_strengths())),
+        None,
+        (data.test_x, data.test_y),
+        (data.train_x[-120:], data.train_y[-120:]),
+    )
+    five = [member(derive_seed(1, 0), lr) for lr in cfg.lr_grid]
+    others = [member(derive_seed(9, i), lr) for i in range(6) for lr in cfg.lr_grid]
+    alone = train_batched(five, *job)
+    print(
+        f"5 students (one run's LR grid), IPC {ipc}, 20 epochs, threads {torch.get_num_threads()}"
+    )
+    for where, at in (("start", 0), ("middle", 15), ("end", 30)):
+        group = others[:at] + five + others[at:]
+        inside = train_batched(group, *job)[at : at + 5]
+        same = all(a.history == b.history for a, b in zip(alone, inside, strict=True))
+        diff = max(
+            (a.state[k] - b.state[k]).abs().max().item()
+            for a, b in zip(alone, inside, strict=True)
+            for k in a.state
+        )
+        print(f"in a group of 35 ({where}): histories identical {same}, max weight diff {diff:.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="200 epochs (the digits preset)")
     parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--groups", action="store_true", help="group-composition check")
     args = parser.parse_args()
+    if args.groups:
+        group_composition(args.ipc)
+        return
 
     cfg = EvalConfig.preset("digits-hard")
     recipe = cfg.recipe if args.full else cfg.recipe.updated(epochs=30, eval_every=10)

@@ -2,16 +2,8 @@ import json
 
 import pytest
 import torch
-from distill_fixtures import tiny_config
-
-from lucidml.cli import main
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
+from distill_fixtures import run_cli, tiny_config
+from safetensors.torch import load_file
 
 
 @pytest.fixture
@@ -90,11 +82,25 @@ def test_rank_writes_leaderboard(tmp_path, tiny_preset, capsys):
             assert 0 <= row[key] <= 1 or key in ("hlr_mean", "ior_mean")
     assert (out / "report.html").is_file() and (out / "config.yaml").is_file()
     assert (out / "leaderboard_ipc1_hard.png").is_file()
-    assert "LRS" in stdout
+    assert "LRS" in stdout and "items: 0 reused, 5 computed" in stdout  # 2 sets, 3 cells
+    assert results["env"]["device"] == "cpu" and results["env"]["processes"] == 1
+    for name, path in results["sets"].items():  # each distilled set, as safetensors
+        stored = load_file(out / path)
+        assert stored["images"].shape == (10, 1, 8, 8) and stored["labels"].tolist() == list(
+            range(10)
+        ), name
     # --resume reuses the finished work
-    code, _, _ = run_cli([*args, "--resume"], capsys)
-    assert code == 0
+    code, stdout, _ = run_cli([*args, "--resume"], capsys)
+    assert code == 0 and "items: 5 reused, 0 computed" in stdout
     assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
+    # the run folder's config.yaml reproduces the run
+    again = tmp_path / "again"
+    code, _, _ = run_cli(
+        ["distill", "rank", "--config", str(out / "config.yaml"), "--out", str(again), "-q"],
+        capsys,
+    )
+    assert code == 0
+    assert json.loads((again / "results.json").read_text())["methods"] == results["methods"]
 
 
 def test_score_a_tensor_file(digits, tmp_path, tiny_preset, capsys):
@@ -102,23 +108,20 @@ def test_score_a_tensor_file(digits, tmp_path, tiny_preset, capsys):
     path = tmp_path / "mine.pt"
     torch.save({"images": digits.train_x[idx], "labels": digits.train_y[idx]}, path)
     out = tmp_path / "score"
-    code, stdout, _ = run_cli(
-        [
-            "distill",
-            "score",
-            "--images",
-            str(path),
-            "--preset",
-            str(tiny_preset),
-            "--out",
-            str(out),
-            "--quiet",
-        ],
-        capsys,
-    )
-    assert code == 0 and "LRS" in stdout
+    args = ["distill", "score", "--images", str(path), "--preset", str(tiny_preset)]
+    args += ["--out", str(out), "--quiet"]
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0 and "LRS" in stdout and "items: 0 reused, 2 computed" in stdout
     results = json.loads((out / "results.json").read_text())
     assert 0 <= results["lrs_mean"] <= 1
+    # score stores its cells like rank: --resume reuses them, a changed set recomputes
+    code, stdout, _ = run_cli([*args, "--resume"], capsys)
+    assert code == 0 and "items: 2 reused, 0 computed" in stdout
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+    mirrored = digits.train_x[idx].flip(-1)  # other images, the same labels
+    torch.save({"images": mirrored, "labels": digits.train_y[idx]}, path)
+    code, stdout, _ = run_cli([*args, "--resume"], capsys)
+    assert code == 0 and "items: 1 reused, 1 computed" in stdout  # the random cell is kept
 
 
 def test_score_with_stored_soft_labels_uses_mode_s(digits, tmp_path, tiny_preset, capsys):

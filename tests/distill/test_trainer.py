@@ -53,12 +53,38 @@ def test_batched_equals_sequential(digits, optimizer, schedule, with_val):
     for b, s in zip(batched, sequential, strict=True):
         assert [h["epoch"] for h in b.history] == [2, 4, 6]
         for hb, hs in zip(b.history, s.history, strict=True):
-            assert hb["test_acc"] == pytest.approx(hs["test_acc"], abs=1 / 200 + 1e-9)
+            if "test_acc" in hb:  # with val: only where val improved (the selectable ones)
+                assert hb["test_acc"] == pytest.approx(hs["test_acc"], abs=1 / 200 + 1e-9)
             if with_val:
                 assert hb["val_acc"] == pytest.approx(hs["val_acc"], abs=1 / 100 + 1e-9)
         if not with_val:  # with val, fit_classifier restores the best checkpoint instead
             for k in b.state:
                 assert torch.allclose(b.state[k], s.state[k], atol=1e-5), k
+    mode = "val" if with_val else "test"
+    picked_b, picked_s = select(batched, mode), select(sequential, mode)
+    assert (picked_b["lr"], picked_b["epoch"]) == (picked_s["lr"], picked_s["epoch"])
+    assert picked_b["acc"] == pytest.approx(picked_s["acc"], abs=1 / 200 + 1e-9)
+
+
+def test_with_val_the_test_accuracy_is_kept_exactly_where_val_improves(digits):
+    x, t = _problem(digits, 2)
+    members = [Member(x, t, lr, derive_seed(2, 0)) for lr in (0.001, 0.05, 0.1)]
+    recipe = RecipeConfig(epochs=8, batch_size=32, eval_every=1)
+    fitted = train_batched(
+        members,
+        lambda: build_model("convnet", 1, 10, 8, depth=2, width=8),
+        recipe,
+        lambda s, tt: cross_entropy(s, tt, None),
+        None,
+        None,
+        (digits.test_x[:100], digits.test_y[:100]),
+        (digits.train_x[-60:], digits.train_y[-60:]),
+    )
+    for f in fitted:
+        best = -1.0
+        for h in f.history:
+            assert ("test_acc" in h) == (h["val_acc"] > best)
+            best = max(best, h["val_acc"])
 
 
 def test_lr_schedules():

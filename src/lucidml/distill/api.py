@@ -1,68 +1,27 @@
-"""Public verbs: ``rank`` a set of distillers, ``score`` a user's distilled set, ``demo``."""
+"""Public verbs: ``rank`` a set of distillers, ``score`` a user's distilled set, ``demo``.
+
+``rank`` and ``score`` run as one process or sharded over many (``accelerate launch -m
+lucidml distill rank ...``); their work is stored item by item in the run folder
+(``cells.py``), so ``resume=True`` reuses what is finished and unchanged.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
+from lucidml.core.config import resolve_device
+from lucidml.core.distributed import is_main_process, world_size
+from lucidml.core.progress import get_logger
 from lucidml.core.report import Report
-from lucidml.core.runs import Run, write_json
-from lucidml.core.zoo import ImageDataset
-from lucidml.distill.baselines import METHODS, distill
-from lucidml.distill.config import PRESETS_DIR, DistillConfig, EvalConfig
-from lucidml.distill.data import load_dataset, load_distilled
-from lucidml.distill.evaluate import Evaluator
+from lucidml.core.runs import Run, environment, make_run_dir, write_json
+from lucidml.distill.cells import CellJob, Workspace, distilled_sets, set_key
+from lucidml.distill.config import EvalConfig, RankConfig, ScoreConfig
+from lucidml.distill.data import class_counts, load_dataset, load_distilled
+from lucidml.distill.evaluate import Evaluator, tensor_hash
 from lucidml.distill.plots import leaderboard_figure, soft_vs_hard_figure
 from lucidml.errors import InputError
 
-DEFAULT_METHODS = ("random", "herding", "kcenter", "classmean", "dm", "dc", "noise")
-SUMMARY_KEYS = (
-    "lrs_mean",
-    "lrs_std",
-    "ars_mean",
-    "ars_std",
-    "hlr_mean",
-    "ior_mean",
-    "acc_syn_hard_mean",
-    "acc_syn_mean",
-    "acc_rdm_mean",
-    "acc_real_hard_mean",
-)
-
-
-def default_config(dataset: str, labels: str) -> EvalConfig:
-    """The shipped preset for this dataset and label regime (``digits-hard``, ``soft``...)."""
-    specific = PRESETS_DIR / f"{dataset}-{labels}.yaml"
-    return EvalConfig.from_yaml(specific if specific.is_file() else PRESETS_DIR / f"{labels}.yaml")
-
-
-def parse_methods(methods: str | list[str]) -> list[str]:
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
-    names = [m for m in names if m]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise InputError(
-            f"unknown method '{unknown[0] if unknown else ''}': choose from {', '.join(METHODS)}"
-        )
-    return names
-
-
-def distill_all(
-    data: ImageDataset,
-    methods: list[str],
-    ipc: int,
-    seed: int,
-    cfg: DistillConfig,
-    train_idx: torch.Tensor | None = None,
-) -> dict:
-    """Distilled sets from the training split (the evaluator's split, so no validation or
-    test image leaks into a distilled set)."""
-    x, y = data.train_x, data.train_y
-    if train_idx is not None:
-        x, y = x[train_idx], y[train_idx]
-    return {m: distill(m, x, y, ipc, seed=seed, cfg=cfg) for m in methods}
+LOG = get_logger("distill")
 
 
 def leaderboard(methods: dict[str, dict]) -> list[dict]:
@@ -85,84 +44,70 @@ def leaderboard(methods: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def _rank_one(evaluator: Evaluator, sets: dict, run: Run | None, key: str, resume: bool):
-    if run is not None and resume:
-        saved = run.resume(key)
-        if saved is not None:
-            return saved
-    scored = evaluator.score_many(sets)
-    if run is not None:
-        run.checkpoint(key, scored)
-    return scored
+def _run_folder(out: str | Path | None, cfg) -> Run:
+    if world_size() > 1 and out is None:
+        raise InputError("a multi-process run needs --out: all processes share one run folder")
+    return Run("distill", out, cfg if is_main_process() else None)
 
 
-def rank(
-    dataset: str = "digits",
-    ipc: int = 10,
-    methods=DEFAULT_METHODS,
-    labels: str = "hard",
-    cfg: EvalConfig | None = None,
-    distill_cfg: DistillConfig | None = None,
-    data_root: str | None = None,
-    quick: bool = False,
-    out: str | Path | None = None,
-    resume: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> dict:
-    """Distil with each method, score every set, write a leaderboard run folder."""
-    names = parse_methods(methods)
-    if ipc < 1:
-        raise InputError(f"--ipc must be at least 1, got {ipc}")
-    cfg = cfg or default_config(dataset, labels)
-    if cfg.labels != labels:
-        cfg = cfg.updated(
-            labels=labels, loss="kl" if labels == "soft" and cfg.loss == "ce" else cfg.loss
-        )
-    distill_cfg = distill_cfg or DistillConfig()
-    if quick:
-        cfg, distill_cfg = cfg.quick(), distill_cfg.quick()
-    data = load_dataset(dataset, data_root)
-    smallest = int(torch.unique(data.train_y, return_counts=True)[1].min())
-    if ipc > smallest:
+def _items(reused: int, total: int) -> dict:
+    LOG.info("%d of %d stored items reused, %d to compute", reused, total, total - reused)
+    return {"reused": reused, "computed": total - reused}
+
+
+def rank(cfg: RankConfig | None = None, out: str | Path | None = None, resume: bool = False):
+    """Distil with each method, score every set, write a leaderboard run folder.
+
+    Returns the results (as in ``results.json``, plus ``out``) on the main process, and
+    None on the other processes of a multi-process launch.
+    """
+    cfg = cfg or RankConfig()
+    device = resolve_device(cfg.eval.device)
+    data = load_dataset(cfg.dataset, cfg.data_root)
+    evaluator = Evaluator(data, cfg.effective_eval(), device=device).split()
+    smallest = min(class_counts(evaluator.train_y).values())  # after the validation split
+    if cfg.ipc > smallest:
         raise InputError(
-            f"IPC {ipc} is larger than the smallest class of {dataset} ({smallest} training images)"
+            f"IPC {cfg.ipc} is larger than the smallest class of {cfg.dataset} "
+            f"({smallest} training images)"
         )
-    log = log or (lambda msg: None)
-    evaluator = Evaluator(data, cfg, log=log).split()  # a bad model name fails before writing
-    run = Run(
-        "distill",
-        out,
-        {
-            "command": "rank",
-            "dataset": dataset,
-            "ipc": ipc,
-            "methods": names,
-            "labels": labels,
-            "quick": quick,
-            "eval": cfg,
-            "distill": distill_cfg,
-        },
-    )
-    evaluator.fit()
-    log(f"distilling {len(names)} sets at IPC {ipc}")
-    sets = distill_all(data, names, ipc, cfg.seed, distill_cfg, evaluator.train_index)
-    log(f"scoring with {cfg.labels} labels")
-    scored = _rank_one(evaluator, sets, run, f"rank-{dataset}-ipc{ipc}-{labels}", resume)
-    results = {
-        "dataset": dataset,
-        "ipc": ipc,
-        "labels": labels,
-        "quick": quick,
-        "acc_real_hard": evaluator.acc_real_hard,
-        "methods": scored,
-        "leaderboard": leaderboard(scored),
-    }
+    run = _run_folder(out, cfg)
+    results = _rank(cfg, evaluator, Workspace(run.path, resume))
+    if results is None:
+        return None
+    results["env"] = environment(device, evaluator.cfg.seed)
     run.write_results(results)
-    rep = Report(f"DD-Ranking leaderboard: {dataset}, IPC {ipc}, {labels} labels")
-    _leaderboard_section(rep, results, cfg)
+    rep = Report(f"DD-Ranking leaderboard: {cfg.dataset}, IPC {cfg.ipc}, {cfg.labels} labels")
+    _leaderboard_section(rep, results, evaluator.cfg)
     rep.save(run.path)
     results["out"] = str(run.path)
     return results
+
+
+def _rank(cfg: RankConfig, evaluator: Evaluator, work: Workspace) -> dict | None:
+    """Distil, evaluate and gather one leaderboard in ``work`` (None off the main process)."""
+    dcfg = cfg.effective_distill()
+    keys = {m: set_key(m, cfg.ipc, dcfg, evaluator) for m in cfg.methods}
+    counts = {c: cfg.ipc for c in class_counts(evaluator.train_y)}
+    job = CellJob(evaluator, keys, counts, work.cells)
+    set_paths = [work.sets.path(k) for k in keys.values()]
+    items = _items(work.stored(set_paths + job.paths()), len(set_paths) + len(job.paths()))
+    evaluator.fit()
+    job.compute(distilled_sets(work.sets, keys, evaluator, cfg.ipc, dcfg))
+    scored = job.gather()
+    if scored is None:
+        return None
+    return {
+        "dataset": cfg.dataset,
+        "ipc": cfg.ipc,
+        "labels": cfg.labels,
+        "quick": cfg.quick,
+        "acc_real_hard": evaluator.acc_real_hard,
+        "methods": scored,
+        "leaderboard": leaderboard(scored),
+        "sets": {m: f"sets/{work.sets.path(k).name}" for m, k in keys.items()},
+        "items": items,
+    }
 
 
 def _leaderboard_section(rep: Report, results: dict, cfg: EvalConfig) -> None:
@@ -182,49 +127,30 @@ def _leaderboard_section(rep: Report, results: dict, cfg: EvalConfig) -> None:
     )
 
 
-def score(
-    images: str | Path,
-    dataset: str = "digits",
-    labels: str | Path | None = None,
-    soft_labels: str | Path | None = None,
-    teachers: list[str] | None = None,
-    label_regime: str = "hard",
-    cfg: EvalConfig | None = None,
-    data_root: str | None = None,
-    quick: bool = False,
-    out: str | Path | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict:
-    """LRS and ARS of a user's distilled set (tensor file or image folder)."""
-    cfg = cfg or default_config(dataset, label_regime)
-    if cfg.labels != label_regime:
-        cfg = cfg.updated(
-            labels=label_regime,
-            loss="kl" if label_regime == "soft" and cfg.loss == "ce" else cfg.loss,
-        )
-    if quick:
-        cfg = cfg.quick()
-    if soft_labels is not None and cfg.labels == "soft" and cfg.soft_label_mode == "M":
-        cfg = cfg.updated(soft_label_mode="S")  # stored logits given: use them
-    data = load_dataset(dataset, data_root)
-    x, y, soft = load_distilled(images, data, labels, soft_labels)
-    evaluator = Evaluator(data, cfg, teacher_files=teachers, log=log)
+def score(cfg: ScoreConfig, out: str | Path | None = None, resume: bool = False):
+    """LRS and ARS of a user's distilled set (tensor file or image folder).
+
+    Returns the results on the main process and None on the others of a multi-process
+    launch; ``resume=True`` reuses the stored cells whose inputs did not change.
+    """
+    device = resolve_device(cfg.eval.device)
+    data = load_dataset(cfg.dataset, cfg.data_root)
+    x, y, soft = load_distilled(cfg.images, data, cfg.labels, cfg.soft_labels)
+    evaluator = Evaluator(data, cfg.effective_eval(), cfg.teachers or None, device=device)
     evaluator.check({"syn": (x, y, soft)})  # fail before writing anything
-    run = Run(
-        "distill",
-        out,
-        {
-            "command": "score",
-            "images": str(images),
-            "dataset": dataset,
-            "labels": str(labels) if labels else None,
-            "eval": cfg,
-        },
-    )
-    result = evaluator.score(x, y, soft)
-    result["images"] = str(images)
+    run = _run_folder(out, cfg)
+    work = Workspace(run.path, resume)
+    job = CellJob(evaluator, {"syn": tensor_hash(x, y, soft)}, class_counts(y), work.cells)
+    items = _items(work.stored(job.paths()), len(job.paths()))
+    evaluator.fit()
+    job.compute({"syn": (x, y, soft)})
+    scored = job.gather()
+    if scored is None:
+        return None
+    result = scored["syn"] | {"images": cfg.images, "items": items}
+    result["env"] = environment(device, evaluator.cfg.seed)
     run.write_results(result)
-    rep = Report(f"DD-Ranking score: {Path(images).name} on {dataset}")
+    rep = Report(f"DD-Ranking score: {Path(cfg.images).name} on {cfg.dataset}")
     rep.table(
         [
             {
@@ -250,10 +176,14 @@ def score(
     return result
 
 
-def demo(out_dir: Path, quick: bool = False) -> Path:
-    """Rank every baseline on digits at IPC 1 and 10 with hard and soft labels."""
-    out_dir = Path(out_dir)
+def demo(out_dir: Path, quick: bool = False, device: str | None = None) -> Path:
+    """Rank every baseline on digits at IPC 1 and 10 with hard and soft labels (one
+    process). ``quick`` shortens every recipe (``EvalConfig.quick``, ``DistillConfig.quick``)
+    and scores soft labels at IPC 10 only."""
+    device = resolve_device(device)
+    out_dir = make_run_dir("distill", out_dir)
     data = load_dataset("digits")
+    settings = [("hard", 1), ("hard", 10), *([] if quick else [("soft", 1)]), ("soft", 10)]
     rep = Report("DD-Ranking on digits: which distilled sets beat random real images?")
     rep.text(
         "Each distiller's set is scored against random real subsets with the same images "
@@ -261,28 +191,19 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
         "relabels every augmented batch, KL loss, CutMix). LRS and ARS lie in [0, 1]; "
         "1/(1+e) ≈ 0.269 means exactly as good as random real images."
     )
-    results, boards, sets = {}, {}, {}
-    distill_cfg = DistillConfig().quick() if quick else DistillConfig()
-    for labels in ("hard", "soft"):
-        cfg = default_config("digits", labels)
-        cfg = cfg.quick() if quick else cfg
-        evaluator = Evaluator(data, cfg).fit()
-        for ipc in (1, 10):
-            if ipc not in sets:  # the same distilled sets are scored under both regimes
-                sets[ipc] = distill_all(
-                    data, list(DEFAULT_METHODS), ipc, cfg.seed, distill_cfg, evaluator.train_index
-                )
-            scored = evaluator.score_many(sets[ipc])
-            key = f"ipc{ipc}_{labels}"
-            results[key] = {
-                "ipc": ipc,
-                "labels": labels,
-                "acc_real_hard": evaluator.acc_real_hard,
-                "methods": scored,
-                "leaderboard": leaderboard(scored),
-            }
-            boards[key] = results[key]
-            _leaderboard_section(rep, results[key], cfg)
+    if quick:
+        rep.text(
+            "Quick run: 2 seeded runs instead of 5, the two largest learning rates, a quarter "
+            "of the epochs, DM and DC at a quarter of their iterations, and soft labels at "
+            "IPC 10 only; the numbers are rougher than a full `lucid distill rank`."
+        )
+    work = Workspace(out_dir, resume=False)  # sets are keyed, so both regimes share them
+    boards = {}
+    for labels, ipc in settings:
+        cfg = RankConfig(ipc=ipc, labels=labels, quick=quick)
+        evaluator = Evaluator(data, cfg.effective_eval(), device=device).split()
+        boards[f"ipc{ipc}_{labels}"] = _rank(cfg, evaluator, work)
+        _leaderboard_section(rep, boards[f"ipc{ipc}_{labels}"], evaluator.cfg)
     rep.heading("Soft labels close the gap")
     rep.figure(
         soft_vs_hard_figure(boards),
@@ -291,7 +212,10 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
         "the line is the full-data accuracy.",
     )
     rep.text(_gap_sentence(boards))
-    write_json(out_dir / "results.json", {"quick": quick, "settings": results})
+    write_json(
+        out_dir / "results.json",
+        {"quick": quick, "settings": boards, "env": environment(device, cfg.eval.seed)},
+    )
     return rep.save(out_dir)
 
 

@@ -4,7 +4,8 @@ Every random draw comes from an explicit ``torch.Generator`` so one seed fixes t
 augmentation of a whole training run, and two calls with equal seeds draw equal
 parameters (the "siamese" use in DC/DM, where real and synthetic batches must see the
 same transform). DSA ops take per-sample parameters; ``siamese=True`` draws one set
-for the whole batch.
+for the whole batch. Parameters are drawn on the CPU generator and moved to the images'
+device when applied, so one seed gives one augmentation on every device.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _uniform(n: int, gen: torch.Generator, low: float = 0.0, high: float = 1.0) 
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    theta = theta.to(x.dtype).expand(len(x), 2, 3)
+    theta = theta.to(x).expand(len(x), 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, align_corners=True)
 
@@ -97,9 +98,10 @@ def _apply_crop(x, p, fraction):
     n, _, h, w = x.shape
     pad = max(round(fraction * h), round(fraction * w))
     padded = F.pad(x, (pad, pad, pad, pad))
-    rows = torch.arange(h).view(1, h) + pad + p["dy"].expand(n).view(n, 1)
-    cols = torch.arange(w).view(1, w) + pad + p["dx"].expand(n).view(n, 1)
-    batch = torch.arange(n).view(n, 1, 1)
+    dev = x.device
+    rows = torch.arange(h, device=dev).view(1, h) + pad + p["dy"].to(dev).expand(n).view(n, 1)
+    cols = torch.arange(w, device=dev).view(1, w) + pad + p["dx"].to(dev).expand(n).view(n, 1)
+    batch = torch.arange(n, device=dev).view(n, 1, 1)
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
@@ -114,10 +116,10 @@ def _draw_cutout(n, gen, fraction, shape):
 def _apply_cutout(x, p, fraction):
     """Zero a square of side round(fraction * H) around the drawn pixel (clipped at edges)."""
     n, _, h, w = x.shape
-    side = round(fraction * h)
-    top = (p["cy"].expand(n) - side // 2).view(n, 1, 1)
-    left = (p["cx"].expand(n) - side // 2).view(n, 1, 1)
-    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    side, dev = round(fraction * h), x.device
+    top = (p["cy"].to(dev).expand(n) - side // 2).view(n, 1, 1)
+    left = (p["cx"].to(dev).expand(n) - side // 2).view(n, 1, 1)
+    ys, xs = torch.arange(h, device=dev).view(1, h, 1), torch.arange(w, device=dev).view(1, 1, w)
     inside = (ys >= top) & (ys < top + side) & (xs >= left) & (xs < left + side)
     return x * (~inside).unsqueeze(1).to(x)
 
@@ -189,7 +191,7 @@ def mixup(x: torch.Tensor, t: torch.Tensor, gen: torch.Generator, alpha: float =
     if alpha <= 0:
         return x, t
     lam = _beta(alpha, gen)
-    perm = torch.randperm(len(x), generator=gen)
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
     return lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
 
 
@@ -212,7 +214,7 @@ def cutmix(x: torch.Tensor, t: torch.Tensor, gen: torch.Generator, beta: float =
     if beta <= 0:
         return x, t
     lam = _beta(beta, gen)
-    perm = torch.randperm(len(x), generator=gen)
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
     h, w = x.shape[-2:]
     y0, y1, x0, x1 = cutmix_box(h, w, lam, gen)
     mask = torch.zeros(h, w, dtype=torch.bool)

@@ -2,7 +2,9 @@
 
 Selection baselines (random, herding, k-center, class-mean) pick or average real images;
 DM and DC optimise synthetic images; ``noise`` is a control of Gaussian images. Every
-method is seeded and returns ``ipc`` images per class, sorted by class.
+method is seeded and returns ``ipc`` images per class, sorted by class, on the CPU. With
+``device``, DM, DC, herding and k-center compute there (random draws stay on CPU
+generators); k-means (sklearn) and the noise and random controls run on the CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lucidml.core.progress import track
 from lucidml.distill.augment import DSA
 from lucidml.distill.config import DistillConfig
 from lucidml.distill.data import random_subset
@@ -35,7 +38,7 @@ def herding_order(phi: torch.Tensor, k: int) -> torch.Tensor:
     """Greedy herding: the t-th pick minimises ||mu - (sum of picks + phi(x)) / t||."""
     mu = phi.mean(0)
     total = torch.zeros_like(mu)
-    free = torch.ones(len(phi), dtype=torch.bool)
+    free = torch.ones(len(phi), dtype=torch.bool, device=phi.device)
     picks = []
     for t in range(1, k + 1):
         dist = ((mu - (total + phi) / t) ** 2).sum(1)
@@ -60,11 +63,12 @@ def kcenter_order(phi: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(picks)
 
 
-def _per_class(order: Callable, x, y, ipc, features: Features):
+def _per_class(order: Callable, x, y, ipc, features: Features, device: str):
+    device = "cpu" if device.startswith("mps") else device  # MPS has no float64 (pixels)
     xs, ys = [], []
     for c in torch.unique(y).tolist():
         idx = torch.nonzero(y == c).flatten()
-        pick = idx[order(features(x[idx]), ipc)]
+        pick = idx[order(features(x[idx].to(device)), ipc).cpu()]
         xs.append(x[pick])
         ys.append(y[pick])
     return torch.cat(xs), torch.cat(ys)
@@ -130,34 +134,31 @@ def _embedder(model: nn.Module) -> nn.Module:
     return nn.Sequential(model.features, nn.Flatten()) if hasattr(model, "features") else model
 
 
-def _class_batches(x, y, classes, n, gen):
-    out = []
-    for c in classes:
-        idx = torch.nonzero(y == c).flatten()
-        out.append(x[idx[torch.randperm(len(idx), generator=gen)[:n]]])
-    return out
+def _class_batches(by_class: list[torch.Tensor], n: int, gen: torch.Generator):
+    """A random batch of up to ``n`` images of each class (indices drawn on the CPU)."""
+    return [xc[torch.randperm(len(xc), generator=gen)[:n].to(xc.device)] for xc in by_class]
 
 
-def distribution_matching(x, y, ipc, seed, cfg: DistillConfig, model_fn):
+def distribution_matching(x, y, ipc, seed, cfg: DistillConfig, model_fn, device: str):
     """DM: match mean embeddings of real and synthetic images under a fresh random ConvNet."""
-    syn_x, syn_y = x[random_subset(y, {c: ipc for c in torch.unique(y).tolist()}, seed)], None
-    syn_y = torch.unique(y).repeat_interleave(ipc)
-    syn = syn_x.clone().requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=cfg.dm_lr_img, momentum=cfg.dm_momentum)
     classes = torch.unique(y).tolist()
+    by_class = [x[y == c].to(device) for c in classes]  # moved once
+    syn_y = torch.unique(y).repeat_interleave(ipc)
+    init = x[random_subset(y, {c: ipc for c in classes}, seed)]
+    syn = init.to(device).clone().requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=cfg.dm_lr_img, momentum=cfg.dm_momentum)
     dsa = DSA(cfg.augment.dsa_strengths()) if cfg.augment.dsa else None
     gen = torch.Generator().manual_seed(seed)
-    for it in range(cfg.dm_iterations):
-        embed = _embedder(init_model(model_fn, derive_seed(seed, "dm-net", it))).requires_grad_(
-            False
-        )
-        real = _class_batches(x, y, classes, cfg.dm_batch_real, gen)
+    for it in track(range(cfg.dm_iterations), "DM iterations"):
+        net = init_model(model_fn, derive_seed(seed, "dm-net", it)).to(device)
+        embed = _embedder(net).requires_grad_(False)
+        real = _class_batches(by_class, cfg.dm_batch_real, gen)
         parts = [syn[i * ipc : (i + 1) * ipc] for i in range(len(classes))]
         loss = dm_loss(embed, real, parts, dsa, derive_seed(seed, "dm-aug", it))
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return syn.detach(), syn_y
+    return syn.detach().cpu(), syn_y
 
 
 # --- gradient matching -----------------------------------------------------------------------
@@ -165,7 +166,7 @@ def distribution_matching(x, y, ipc, seed, cfg: DistillConfig, model_fn):
 
 def gradient_distance(real: list[torch.Tensor], syn: list[torch.Tensor]) -> torch.Tensor:
     """sum over layers and output rows of 1 - cos(g_real, g_syn), skipping 1-D parameters."""
-    total = torch.zeros(())
+    total = real[0].new_zeros(())
     for gr, gs in zip(real, syn, strict=True):
         if gr.ndim == 1:
             continue
@@ -175,23 +176,26 @@ def gradient_distance(real: list[torch.Tensor], syn: list[torch.Tensor]) -> torc
     return total
 
 
-def gradient_matching(x, y, ipc, seed, cfg: DistillConfig, model_fn):
+def gradient_matching(x, y, ipc, seed, cfg: DistillConfig, model_fn, device: str):
     """DC: match per-class CE gradients of real and synthetic batches on networks that are
     trained on the synthetic set between image updates (``outer``, ``inner`` steps)."""
     classes = torch.unique(y).tolist()
+    by_class = [x[y == c].to(device) for c in classes]  # moved once
     gen = torch.Generator().manual_seed(seed)
     outer, inner = cfg.dc_outer_inner or ((1, 1) if ipc == 1 else (2, 5))
-    syn = torch.randn(len(classes) * ipc, *x.shape[1:], generator=gen).requires_grad_(True)
+    init = torch.randn(len(classes) * ipc, *x.shape[1:], generator=gen)
+    syn = init.to(device).requires_grad_(True)
     syn_y = torch.tensor(classes).repeat_interleave(ipc)
+    targets = syn_y.to(device)
     opt_img = torch.optim.SGD([syn], lr=cfg.dc_lr_img, momentum=0.5)
     dsa = DSA(cfg.augment.dsa_strengths()) if cfg.augment.dsa else None
-    for it in range(cfg.dc_iterations):
-        net = init_model(model_fn, derive_seed(seed, "dc-net", it))
+    for it in track(range(cfg.dc_iterations), "DC iterations"):
+        net = init_model(model_fn, derive_seed(seed, "dc-net", it)).to(device)
         params = [p for p in net.parameters()]
         opt_net = torch.optim.SGD(params, lr=cfg.dc_lr_net)
         for ol in range(outer):
-            real = _class_batches(x, y, classes, cfg.dc_batch_real, gen)
-            loss = torch.zeros(())
+            real = _class_batches(by_class, cfg.dc_batch_real, gen)
+            loss = syn.new_zeros(())
             for i, c in enumerate(classes):
                 xr, xs = real[i], syn[i * ipc : (i + 1) * ipc]
                 if dsa is not None:
@@ -199,10 +203,12 @@ def gradient_matching(x, y, ipc, seed, cfg: DistillConfig, model_fn):
                     plan = dsa.draw(xr, aug_gen, siamese=True)
                     xr, xs = dsa.apply(xr, plan), dsa.apply(xs, plan)
                 g_real = torch.autograd.grad(
-                    F.cross_entropy(net(xr), torch.full((len(xr),), c)), params
+                    F.cross_entropy(net(xr), targets.new_full((len(xr),), c)), params
                 )
                 g_syn = torch.autograd.grad(
-                    F.cross_entropy(net(xs), torch.full((len(xs),), c)), params, create_graph=True
+                    F.cross_entropy(net(xs), targets.new_full((len(xs),), c)),
+                    params,
+                    create_graph=True,
                 )
                 loss = loss + gradient_distance([g.detach() for g in g_real], list(g_syn))
             opt_img.zero_grad()
@@ -213,9 +219,9 @@ def gradient_matching(x, y, ipc, seed, cfg: DistillConfig, model_fn):
             images = syn.detach()
             for _ in range(inner):
                 opt_net.zero_grad()
-                F.cross_entropy(net(images), syn_y).backward()
+                F.cross_entropy(net(images), targets).backward()
                 opt_net.step()
-    return syn.detach(), syn_y
+    return syn.detach().cpu(), syn_y
 
 
 # --- registry --------------------------------------------------------------------------------
@@ -231,10 +237,11 @@ def distill(
     seed: int = 0,
     cfg: DistillConfig | None = None,
     features: Features | None = None,
+    device: str = "cpu",
 ):
     """A distilled set of ``ipc`` images per class from real images ``x`` (N, C, H, W) with
     labels ``y``. ``features`` maps images to vectors for herding and k-center (pixels by
-    default)."""
+    default); ``device`` is where DM, DC, herding and k-center compute."""
     if method not in METHODS:
         raise InputError(f"unknown method '{method}': choose from {', '.join(METHODS)}")
     if x.ndim != 4 or len(x) != len(y):
@@ -254,9 +261,9 @@ def distill(
         idx = random_subset(y, {c: ipc for c in torch.unique(y).tolist()}, seed)
         return x[idx], y[idx]
     if method == "herding":
-        return _per_class(herding_order, x, y, ipc, features)
+        return _per_class(herding_order, x, y, ipc, features, device)
     if method == "kcenter":
-        return _per_class(kcenter_order, x, y, ipc, features)
+        return _per_class(kcenter_order, x, y, ipc, features, device)
     if method == "classmean":
         return class_means(x, y, ipc, seed)
     if method == "noise":
@@ -267,4 +274,4 @@ def distill(
         return build_model(m.name, x.shape[1], int(y.max()) + 1, x.shape[-1], **m.kwargs())
 
     run = distribution_matching if method == "dm" else gradient_matching
-    return run(x, y, ipc, seed, cfg, model_fn)
+    return run(x, y, ipc, seed, cfg, model_fn, device)

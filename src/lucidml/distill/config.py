@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lucidml.core.config import Config
 from lucidml.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+DEFAULT_METHODS = ("random", "herding", "kcenter", "classmean", "dm", "dc", "noise")
 
 
 class ModelConfig(Config):
@@ -106,7 +107,7 @@ class EvalConfig(Config):
     real: RealRecipeConfig = RealRecipeConfig()
     engine: Literal["auto", "batched", "sequential"] = "auto"
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps, resolved when a job starts
 
     @model_validator(mode="after")
     def _check(self):
@@ -167,3 +168,118 @@ class DistillConfig(Config):
             dm_iterations=max(self.dm_iterations // 4, 1),
             dc_iterations=max(self.dc_iterations // 4, 1),
         )
+
+
+def default_eval(dataset: str, labels: str) -> EvalConfig:
+    """The shipped preset for this dataset and label regime (``digits-hard``, ``soft``...)."""
+    specific = PRESETS_DIR / f"{Path(dataset).name}-{labels}.yaml"
+    return EvalConfig.from_yaml(specific if specific.is_file() else PRESETS_DIR / f"{labels}.yaml")
+
+
+def _fill_eval(data, regime_field: str):
+    """Before validation of a job config: ``eval`` defaults to the dataset's preset for the
+    label regime; an explicit regime switches a given ``eval`` to it (a hard-label recipe
+    switched to soft labels takes the KL loss, as cross-entropy is not a soft-label loss),
+    and a missing one is read from ``eval``. So a stored config.yaml is consistent and
+    reproduces the job."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    regime, ev = data.get(regime_field), data.get("eval")
+    if ev is None:
+        preset = regime if regime in ("hard", "soft") else "hard"
+        ev = default_eval(str(data.get("dataset") or "digits"), preset)
+    if isinstance(ev, EvalConfig):
+        ev = ev.model_dump()
+    if isinstance(ev, dict):  # anything else fails the field's own validation
+        ev = dict(ev)
+        if regime is None:
+            regime = ev.get("labels", "hard")
+        elif regime in ("hard", "soft") and ev.get("labels", "hard") != regime:
+            ev["labels"] = regime
+            if regime == "soft" and ev.get("loss", "ce") == "ce":
+                ev["loss"] = "kl"
+    data[regime_field], data["eval"] = regime, ev
+    return data
+
+
+class _Job(Config):
+    """What every distill job has: ``dataset``, ``data_root``, ``quick`` and ``eval``."""
+
+    def with_eval(self, model: str | None = None, **changes):
+        """A copy with fields of ``eval`` changed (None leaves a field as it is)."""
+        ev = self.eval.updated(**changes)
+        if model is not None:
+            ev = ev.updated(model=ev.model.updated(name=model))
+        return self.updated(eval=ev)
+
+    def effective_eval(self) -> EvalConfig:
+        """The recipe the job runs: ``eval``, shortened by ``quick``."""
+        return self.eval.quick() if self.quick else self.eval
+
+
+class RankConfig(_Job):
+    """``lucid distill rank``: distil with each method, score every set, rank them."""
+
+    dataset: str = "digits"  # digits, cifar10, cifar100 or a folder with train/ and test/
+    ipc: int = Field(10, ge=1)
+    methods: list[str] = list(DEFAULT_METHODS)
+    labels: Literal["hard", "soft"] = "hard"
+    quick: bool = False  # EvalConfig.quick() on eval, DistillConfig.quick() on distill
+    data_root: str | None = None
+    eval: EvalConfig  # default: the dataset's preset for the label regime
+    distill: DistillConfig = DistillConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _eval(cls, data):
+        return _fill_eval(data, "labels")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _split(cls, value):
+        return (
+            [m.strip() for m in value.split(",") if m.strip()] if isinstance(value, str) else value
+        )
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        from lucidml.distill.baselines import METHODS  # baselines imports this module
+
+        unknown = [m for m in names if m not in METHODS]
+        if unknown or not names:
+            raise ValueError(
+                f"unknown method '{unknown[0] if unknown else ''}': choose from {', '.join(METHODS)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"methods are listed twice: {', '.join(names)}")
+        return names
+
+    def effective_distill(self) -> DistillConfig:
+        return self.distill.quick() if self.quick else self.distill
+
+
+class ScoreConfig(_Job):
+    """``lucid distill score``: LRS and ARS of a user's distilled set."""
+
+    images: str  # a .pt/.safetensors file or a folder with one sub-folder per class
+    dataset: str = "digits"
+    labels: str | None = None  # a labels tensor file, if the images file has none
+    soft_labels: str | None = None  # stored teacher logits (N, K): soft labels, mode S
+    teachers: list[str] = []  # teacher state dicts for the soft-label modes
+    regime: Literal["hard", "soft"] = "hard"
+    quick: bool = False  # EvalConfig.quick() on eval
+    data_root: str | None = None
+    eval: EvalConfig  # default: the dataset's preset for the label regime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _eval(cls, data):
+        if not isinstance(data, dict) or data.get("soft_labels") is None:
+            return _fill_eval(data, "regime")
+        data = _fill_eval({**data, "regime": "soft"}, "regime")
+        ev = data["eval"]
+        if isinstance(ev, dict) and ev.get("soft_label_mode", "M") == "M":
+            data["eval"] = {**ev, "soft_label_mode": "S"}  # stored logits given: use them
+        return data

@@ -50,10 +50,20 @@ def _read_image_folder(
         for file in sorted(folder.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            img = Image.open(file)
-            img = img.convert("L" if channels == 1 else "RGB") if channels else img.convert("RGB")
+            try:
+                img = Image.open(file)
+                img = img.convert("L" if channels == 1 else "RGB")
+            except (OSError, ValueError, SyntaxError) as exc:  # truncated or not an image
+                raise InputError(f"cannot read image {file}: {exc}") from None
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]))
+            if xs and img.size != (xs[0].shape[2], xs[0].shape[1]):
+                first = f"{xs[0].shape[2]}x{xs[0].shape[1]}"
+                raise InputError(
+                    f"image folder {root} holds images of different sizes ({file.name} is "
+                    f"{img.size[0]}x{img.size[1]}, the first image is {first}); resize them "
+                    "to one size first"
+                )
             arr = np.asarray(img, dtype=np.float32) / 255.0
             xs.append(torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1))
             ys.append(names.index(folder.name))

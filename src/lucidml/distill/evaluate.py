@@ -1,24 +1,32 @@
 """The DD-Ranking protocol: students on D_syn, random subsets D_rdm and D_real -> LRS, ARS.
 
 ``Evaluator(data, cfg).fit()`` prepares the splits, ZCA and the cached real-data models;
-``.score(x_syn, y_syn)`` trains every condition's students (LR grid x ``num_eval`` runs
-in one batched group per condition) and returns per-run rows and their mean and std.
-Random-subset conditions depend only on the seed and the images per class, so an
-evaluator reuses them across the distilled sets it scores (a leaderboard pays once).
+``.score(x_syn, y_syn)`` trains every condition's students and returns per-run rows and
+their mean and std.
+
+Students are trained in groups of one run: ``train_syn(sources, run)`` trains, for each
+synthetic condition (hard labels; the method's regime with and without augmentation),
+the learning-rate grid of every given set together in one batched group;
+``train_random(counts, run)`` trains the run's random real subset. A group of one run
+has the same members however the runs are split over processes, which matters because
+a student's weights in the batched engine depend, by float rounding, on the size of its
+group (measured in docs/distill.md). Random-subset conditions depend only on the run and
+the images per class, so an evaluator reuses them across the sets it scores.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lucidml import __version__
+from lucidml.core.config import resolve_device
+from lucidml.core.distributed import is_main_process, wait_for
+from lucidml.core.progress import get_logger, track
 from lucidml.core.zoo import ImageDataset
 from lucidml.distill.augment import DSA, ZCA, Augmenter
 from lucidml.distill.config import EvalConfig
@@ -32,7 +40,7 @@ from lucidml.distill.data import (
 from lucidml.distill.losses import LOSSES
 from lucidml.distill.models import build_model
 from lucidml.distill.scores import augmentation_robust_score, label_robust_score
-from lucidml.distill.teachers import TeacherEnsemble, load_or_train, load_teacher_files
+from lucidml.distill.teachers import TeacherEnsemble, cache_dir, load_or_train, load_teacher_files
 from lucidml.distill.trainer import Member, derive_seed, pick_engine, select
 from lucidml.errors import InputError
 
@@ -50,20 +58,51 @@ ROW_KEYS = (
     "lrs",
     "ars",
 )
+# EvalConfig fields that do not change a student: they only combine accuracies into scores,
+# set how many runs there are, or name a device (whose kind is keyed separately)
+_NOT_IN_CELLS = ("num_eval", "lrs_lambda", "ars_lambda", "device")
+LOG = get_logger("distill")
+
+Source = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # (x, y, stored soft labels)
+Condition = tuple[str, bool, tuple[float, ...]]  # (labels, augmentation, learning rates)
+
+
+def fingerprint(obj) -> str:
+    """A short hash of a JSON-able object (dict keys sorted)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tensor_hash(*tensors: torch.Tensor | None) -> str:
+    """A short content hash of tensors (shape, dtype and values; None counts as absent)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class Evaluator:
-    """Scores distilled sets of one dataset under one evaluation recipe."""
+    """Scores distilled sets of one dataset under one evaluation recipe.
+
+    ``device`` (default: the config's, ``auto``) is resolved here, before anything is
+    trained or written; an unavailable device raises ``InputError``.
+    """
 
     def __init__(
         self,
         data: ImageDataset,
         cfg: EvalConfig | None = None,
         teacher_files: list | None = None,
-        log: Callable[[str], None] | None = None,
+        device: str | None = None,
     ):
         self.data, self.cfg = data, cfg or EvalConfig()
-        self.teacher_files, self.log = teacher_files, log or (lambda msg: None)
+        self.device = resolve_device(device if device is not None else self.cfg.device)
+        self.teacher_files = teacher_files
         self._rdm_cache: dict = {}
         self._fitted = False
 
@@ -87,15 +126,14 @@ class Evaluator:
         self.train_x, self.train_y = self.prepare(data.train_x[kept]), data.train_y[kept]
         self.val = None if held is None else (self.prepare(data.train_x[held]), data.train_y[held])
         self.test = (self.prepare(data.test_x), data.test_y)
+        self.data_key = data_hash(data)
         return self
 
-    def fit(self) -> Evaluator:
-        """Split the data, then load (or train and cache) the real-data models."""
-        cfg, data = self.cfg, self.data
-        if not hasattr(self, "train_x"):
-            self.split()
-        key = {
-            "data": data_hash(data),
+    def real_key(self) -> dict:
+        """What the real-data models (Acc(D_real) and the teachers) depend on."""
+        cfg = self.cfg
+        return {
+            "data": self.data_key,
             "split": cfg.selection,
             "val_fraction": cfg.val_fraction,
             "model": cfg.model.model_dump(),
@@ -105,17 +143,43 @@ class Evaluator:
             "teachers": cfg.num_teachers,
             "seed": cfg.seed,
         }
+
+    def fit(self) -> Evaluator:
+        """Split the data, then load (or train and cache) the real-data models. Under a
+        multi-process launch the main process trains them once and the others load them."""
+        if not hasattr(self, "train_x"):
+            self.split()
+        key = self.real_key()
+        folder = cache_dir(self.data.name, key)
+        if not is_main_process():
+            wait_for([folder / "meta.json"])
         real_models, real_accs = load_or_train(
-            data.name, key, self.train_x, self.train_y, self.test, self.model_fn, cfg, self.log
+            folder, key, self.train_x, self.train_y, self.test, self.model_fn, self.cfg, self.device
         )
         self.acc_real_hard = float(np.mean(real_accs))
         if not self.teacher_files:
             self.teachers = real_models
-        self.teacher = TeacherEnsemble(self.teachers).to(cfg.device)
-        self.engine = pick_engine(cfg.engine, self.model_fn)
-        self.data_key = key["data"]
+        self.teacher = TeacherEnsemble(self.teachers).to(self.device)
+        self.engine = pick_engine(self.cfg.engine, self.model_fn)
         self._fitted = True
         return self
+
+    def cell_basis(self) -> dict:
+        """Everything besides the training set and the run that determines a student's
+        selected accuracy: the recipe, the data, the teachers, the kind of device and the
+        lucidml version. Keys stored cells (``cells.py``)."""
+        recipe = self.cfg.model_dump(mode="json", exclude=set(_NOT_IN_CELLS))
+        teachers = None  # the real-data models: fixed by the recipe and the data
+        if self.teacher_files:
+            teachers = [tensor_hash(*t.state_dict().values()) for t in self.teachers]
+        return {
+            "recipe": recipe,
+            "data": self.data_key,
+            "train_index": tensor_hash(self.train_index),
+            "teacher_files": teachers,
+            "device": self.device.split(":")[0],
+            "version": __version__,
+        }
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessing shared by every student input (ZCA when enabled)."""
@@ -133,29 +197,48 @@ class Evaluator:
     def _targets(self, x, y, labels: str, soft: torch.Tensor | None) -> torch.Tensor:
         if labels == "soft" and self.cfg.soft_label_mode == "S":
             # Mode S: stored teacher logits, computed without augmentation when not given.
-            return soft if soft is not None else self.teacher(x.to(self.cfg.device)).cpu()
+            return soft if soft is not None else self.teacher(x.to(self.device)).cpu()
         return F.one_hot(y, self.data.n_classes).float()
 
-    def _train_cell(self, labels: str, aug: bool, sources: list, grid: list[float], runs):
-        """Train one (labels, augmentation) cell for several training sets at once.
-
-        ``sources`` holds (x, y, stored soft labels) per set, or None for the run's random
-        subset. Returns, per set, the selected accuracy of each run.
-        """
+    def syn_conditions(self) -> dict[str, Condition]:
+        """The conditions a distilled set is trained in (equal ones are trained once)."""
         cfg = self.cfg
-        members = []
-        for source in sources:
-            for seed in runs:
-                if source is None:
-                    idx = random_subset(self.train_y, self._counts, seed)
-                    x, y, stored = self.train_x[idx], self.train_y[idx], None
-                else:
-                    x, y, stored = source
-                targets = self._targets(x, y, labels, stored)
-                members += [Member(x, targets, lr, seed) for lr in grid]
+        grid = tuple(cfg.lr_grid)
+        syn_grid = (cfg.syn_lr,) if cfg.labels == "soft" and cfg.syn_lr else grid
+        aug = self._augmenter(True) is not None  # without augmentation, aug = no-aug
+        return {
+            "syn_hard": ("hard", aug, grid),
+            "syn": (cfg.labels, aug, syn_grid),
+            "syn_noaug": (cfg.labels, False, syn_grid),
+        }
+
+    def random_conditions(self) -> dict[str, Condition]:
+        cfg = self.cfg
+        aug = self._augmenter(True) is not None
+        return {
+            "rdm": (cfg.labels, aug, tuple(cfg.lr_grid)),
+            "rdm_noaug": (cfg.labels, False, tuple(cfg.lr_grid)),
+        }
+
+    def _train_group(self, condition: Condition, sources: list[Source], run: int) -> list[dict]:
+        """Train one condition of run ``run`` for several training sets in one batched group;
+        returns, per set, the selected checkpoint (``trainer.select``)."""
+        cfg, seed = self.cfg, derive_seed(self.cfg.seed, run)
+        labels, aug, grid = condition
+        members = [
+            Member(x, self._targets(x, y, labels, stored), lr, seed)
+            for x, y, stored in sources
+            for lr in grid
+        ]
         soft_m = labels == "soft" and cfg.soft_label_mode == "M"
         loss_fn = LOSSES["ce" if labels == "hard" else cfg.loss]
-        start = time.time()
+        LOG.info(
+            "run %d: %d students, %s labels, %s",
+            run,
+            len(members),
+            labels,
+            "augmented" if aug else "no augmentation",
+        )
         fitted = self.engine(
             members,
             self.model_fn,
@@ -165,23 +248,32 @@ class Evaluator:
             self.teacher if soft_m else None,
             self.test,
             self.val,
-            cfg.device,
+            self.device,
         )
-        self.log(
-            f"  {labels} labels, {'aug' if aug else 'no aug'}: {len(members)} students "
-            f"in {time.time() - start:.1f}s"
-        )
-        picks = [
-            select(fitted[i : i + len(grid)], cfg.selection)
-            for i in range(0, len(fitted), len(grid))
-        ]
-        return [picks[i : i + len(runs)] for i in range(0, len(picks), len(runs))]
+        n = len(grid)
+        return [select(fitted[i : i + n], cfg.selection) for i in range(0, len(fitted), n)]
 
-    def _random_cell(self, labels: str, aug: bool, runs) -> list[dict]:
-        aug = aug and self._augmenter(True) is not None
-        key = (labels, aug, tuple(sorted(self._counts.items())))
+    def _train_conditions(self, conditions: dict[str, Condition], sources, run) -> list[dict]:
+        picks: dict[str, list] = {}
+        for name, condition in conditions.items():
+            same = next((k for k in picks if conditions[k] == condition), None)
+            picks[name] = picks[same] if same else self._train_group(condition, sources, run)
+        return [{name: picks[name][i] for name in conditions} for i in range(len(sources))]
+
+    def train_syn(self, sources: list[Source], run: int) -> list[dict[str, dict]]:
+        """Every synthetic condition of run ``run`` for prepared (x, y, soft) sources, all
+        sources in one group per condition: per source, {condition: selected checkpoint}."""
+        return self._train_conditions(self.syn_conditions(), sources, run)
+
+    def train_random(self, counts: dict[int, int], run: int) -> dict[str, dict]:
+        """The random-subset conditions of run ``run`` ({condition: selected checkpoint})."""
+        key = (tuple(sorted(counts.items())), run)
         if key not in self._rdm_cache:
-            self._rdm_cache[key] = self._train_cell(labels, aug, [None], self.cfg.lr_grid, runs)[0]
+            idx = random_subset(self.train_y, counts, derive_seed(self.cfg.seed, run))
+            source = (self.train_x[idx], self.train_y[idx], None)
+            self._rdm_cache[key] = self._train_conditions(self.random_conditions(), [source], run)[
+                0
+            ]
         return self._rdm_cache[key]
 
     def accuracy(
@@ -191,9 +283,10 @@ class Evaluator:
         if not self._fitted:
             self.fit()
         x, y, _ = check_distilled(x, y, self.data)
-        runs = [derive_seed(self.cfg.seed, r) for r in range(self.cfg.num_eval)]
-        picks = self._train_cell(labels, aug, [(self.prepare(x), y, None)], self.cfg.lr_grid, runs)
-        return [p["acc"] for p in picks[0]]
+        condition = (labels, aug, tuple(self.cfg.lr_grid))
+        source = (self.prepare(x), y, None)
+        runs = range(self.cfg.num_eval)
+        return [self._train_group(condition, [source], r)[0]["acc"] for r in runs]
 
     def score(
         self, x_syn: torch.Tensor, y_syn: torch.Tensor, soft_labels: torch.Tensor | None = None
@@ -201,7 +294,7 @@ class Evaluator:
         """LRS and ARS of a distilled set (images in the dataset's [0, 1] pixel space)."""
         return self.score_many({"syn": (x_syn, y_syn, soft_labels)})["syn"]
 
-    def check(self, sets: dict[str, tuple]) -> dict[str, tuple]:
+    def check(self, sets: dict[str, tuple]) -> dict[str, Source]:
         """Validate sets of (x, y) or (x, y, soft_labels) against the data; raise before any
         training. Returns them as checked (x, y, soft) triples."""
         if not hasattr(self, "train_x"):
@@ -222,45 +315,41 @@ class Evaluator:
                 )
         return checked
 
+    def sources(self, checked: dict[str, Source]) -> list[Source]:
+        """Checked sets as student inputs (ZCA applied when enabled)."""
+        return [(self.prepare(x), y, soft) for x, y, soft in checked.values()]
+
     def score_many(self, sets: dict[str, tuple]) -> dict[str, dict]:
-        """Score several distilled sets with equal images per class, training each cell's
-        students for all sets in one batched group. ``sets`` maps a name to
-        (x, y) or (x, y, soft_labels)."""
+        """Score several distilled sets with equal images per class, training each run's
+        condition for all sets in one batched group. ``sets`` maps a name to (x, y) or
+        (x, y, soft_labels)."""
         checked = self.check(sets)
         if not self._fitted:
             self.fit()
+        counts = class_counts(next(iter(checked.values()))[1])
+        sources = self.sources(checked)
+        syn: dict[str, list] = {name: [] for name in checked}
+        rdm = []
+        for r in track(range(self.cfg.num_eval), "runs"):
+            for name, picks in zip(checked, self.train_syn(sources, r), strict=True):
+                syn[name].append(picks)
+            rdm.append(self.train_random(counts, r))
+        return self.results(counts, syn, rdm)
+
+    def results(self, counts: dict[int, int], syn: dict[str, list], rdm: list) -> dict[str, dict]:
+        """Per-set rows and summaries from the selected checkpoints of every run:
+        ``syn[name][r]`` and ``rdm[r]`` map a condition to its pick."""
         cfg = self.cfg
-        first = class_counts(next(iter(checked.values()))[1])
-        self._counts = first
-        sources = [(self.prepare(x), y, soft) for x, y, soft in checked.values()]
-        runs = [derive_seed(cfg.seed, r) for r in range(cfg.num_eval)]
-        regime = cfg.labels
-        syn_grid = [cfg.syn_lr] if regime == "soft" and cfg.syn_lr else cfg.lr_grid
-        aug = self._augmenter(True) is not None  # without augmentation, aug = no-aug
-        syn_cells = {
-            "syn_hard": ("hard", aug, cfg.lr_grid),
-            "syn": (regime, aug, syn_grid),
-            "syn_noaug": (regime, False, syn_grid),
-        }
-        picks: dict[str, list] = {}
-        for name, cell in syn_cells.items():
-            same = next((k for k, v in syn_cells.items() if v == cell and k in picks), None)
-            picks[name] = (
-                picks[same] if same else self._train_cell(*cell[:2], sources, cell[2], runs)
-            )
-        rdm = self._random_cell(regime, True, runs)
-        rdm_noaug = self._random_cell(regime, False, runs)
-        results = {}
-        for i, name in enumerate(checked):
+        out = {}
+        for name, per_run in syn.items():
             rows = []
-            for r, seed in enumerate(runs):
-                acc = {k: picks[k][i][r]["acc"] for k in syn_cells}
-                acc["rdm"], acc["rdm_noaug"] = rdm[r]["acc"], rdm_noaug[r]["acc"]
-                rows.append(self._row(r, seed, acc, picks["syn"][i][r]["lr"], rdm[r]["lr"]))
-            results[name] = summarize(rows) | {
-                "labels": regime,
-                "soft_label_mode": cfg.soft_label_mode if regime == "soft" else None,
-                "ipc": first,
+            for r, (picks, rdm_picks) in enumerate(zip(per_run, rdm, strict=True)):
+                acc = {k: v["acc"] for k, v in (picks | rdm_picks).items()}
+                rows.append(self._row(r, acc, picks["syn"]["lr"], rdm_picks["rdm"]["lr"]))
+            out[name] = summarize(rows) | {
+                "labels": cfg.labels,
+                "soft_label_mode": cfg.soft_label_mode if cfg.labels == "soft" else None,
+                "ipc": counts,
                 "num_eval": cfg.num_eval,
                 "selection": cfg.selection,
                 "optimistic": cfg.selection == "test",
@@ -269,9 +358,9 @@ class Evaluator:
                 "version": __version__,
                 "runs": rows,
             }
-        return results
+        return out
 
-    def _row(self, r: int, seed: int, acc: dict, lr_syn: float, lr_rdm: float) -> dict:
+    def _row(self, r: int, acc: dict, lr_syn: float, lr_rdm: float) -> dict:
         cfg = self.cfg
         lrs = label_robust_score(
             self.acc_real_hard, acc["syn_hard"], acc["syn"], acc["rdm"], lam=cfg.lrs_lambda
@@ -281,7 +370,7 @@ class Evaluator:
         )
         return {
             "run": r,
-            "seed": seed,
+            "seed": derive_seed(cfg.seed, r),
             "acc_real_hard": self.acc_real_hard,
             "acc_syn_hard": acc["syn_hard"],
             "acc_syn": acc["syn"],
@@ -311,8 +400,8 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def recipe_hash(cfg: EvalConfig) -> str:
-    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A short hash of the recipe (the device it ran on is recorded in ``env`` instead)."""
+    return fingerprint(cfg.model_dump(mode="json", exclude={"device"}))
 
 
 def evaluate(

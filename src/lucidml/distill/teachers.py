@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lucidml.core.progress import get_logger
 from lucidml.core.runs import read_json, save_torch, write_json
 from lucidml.core.zoo import lucid_home
 from lucidml.distill.augment import DSA, Augmenter
@@ -44,8 +45,9 @@ def cache_dir(dataset: str, key: dict) -> Path:
     return lucid_home() / "distill" / "teachers" / f"{dataset}-{digest}"
 
 
-def train_real(x, y, test, model_fn: Callable[[], nn.Module], cfg, seeds: list[int]):
-    """Train one real-data model per seed; return (models, final test accuracies)."""
+def train_real(x, y, test, model_fn: Callable[[], nn.Module], cfg, seeds: list[int], device):
+    """Train one real-data model per seed on ``device``; return (CPU models, final test
+    accuracies)."""
     k = int(y.max()) + 1
     aug = cfg.augment
     augment = Augmenter(DSA(aug.dsa_strengths(), aug.dsa_strategy)) if aug.dsa else None
@@ -60,7 +62,7 @@ def train_real(x, y, test, model_fn: Callable[[], nn.Module], cfg, seeds: list[i
         None,
         test,
         None,
-        cfg.device,
+        device,
     )
     models = []
     for f in fitted:
@@ -70,9 +72,8 @@ def train_real(x, y, test, model_fn: Callable[[], nn.Module], cfg, seeds: list[i
     return models, [f.history[-1]["test_acc"] for f in fitted]
 
 
-def load_or_train(dataset: str, key: dict, x, y, test, model_fn, cfg, log=None):
-    """Cached real models (trained on first use) and their test accuracies."""
-    folder = cache_dir(dataset, key)
+def load_or_train(folder: Path, key: dict, x, y, test, model_fn, cfg, device: str):
+    """Cached real models (trained on first use, on ``device``) and their test accuracies."""
     meta = folder / "meta.json"
     if meta.is_file():
         info = read_json(meta)
@@ -82,10 +83,11 @@ def load_or_train(dataset: str, key: dict, x, y, test, model_fn, cfg, log=None):
             model.load_state_dict(torch.load(folder / f"teacher{i}.pt", weights_only=True))
             models.append(model.eval())
         return models, info["test_acc"]
-    if log:
-        log(f"training {cfg.num_teachers} real-data model(s) for {dataset} (cached in {folder})")
+    get_logger("distill").info(
+        "training %d real-data model(s) on %s (cached in %s)", cfg.num_teachers, device, folder
+    )
     seeds = [derive_seed(cfg.seed, "teacher", i) for i in range(cfg.num_teachers)]
-    models, accs = train_real(x, y, test, model_fn, cfg, seeds)
+    models, accs = train_real(x, y, test, model_fn, cfg, seeds, device)
     for i, model in enumerate(models):
         save_torch(folder / f"teacher{i}.pt", model.state_dict())
     write_json(meta, {"key": key, "test_acc": accs})  # written last: marks the cache complete

@@ -8,6 +8,10 @@ runs of one condition). ``train_batched`` stacks their parameters with
 ``lucidml.core.train.fit_classifier``. Each member owns its random streams (init, batch
 order, augmentation), so both engines consume identical random numbers and agree up to
 floating-point rounding.
+
+Both engines take ``device``: members' data, the test and validation splits and the
+stacked parameters are moved there once; random draws stay on CPU generators, so a seed
+gives the same draws on every device.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
+from lucidml.core.progress import track
 from lucidml.core.train import TrainConfig, fit_classifier
 from lucidml.distill.config import RecipeConfig
 from lucidml.distill.models import stacked_forward
@@ -80,13 +85,41 @@ def lr_factor(recipe: RecipeConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def _evaluate_stacked(base, params, x, y, device, chunk=512) -> torch.Tensor:
-    correct = torch.zeros(len(next(iter(params.values()))))
+def _evaluate_stacked(base, params, x, y, chunk=512) -> torch.Tensor:
+    """Accuracy of every stacked member on (x, y), which live on the members' device."""
+    correct = torch.zeros(len(next(iter(params.values()))), device=x.device)
     with torch.no_grad():
         for i in range(0, len(x), chunk):
-            pred = stacked_forward(base, params, x[i : i + chunk].to(device)).argmax(-1).cpu()
+            pred = stacked_forward(base, params, x[i : i + chunk]).argmax(-1)
             correct += (pred == y[i : i + chunk]).sum(1)
-    return correct / max(len(x), 1)
+    return (correct / max(len(x), 1)).cpu()
+
+
+@torch.no_grad()
+def _checkpoint(base, params, test: Split, val: Split | None, best_val: torch.Tensor):
+    """Each member's accuracies at an evaluation epoch.
+
+    With a validation split, ``select`` can only choose a member's checkpoint whose
+    validation accuracy beats all of that member's earlier ones, so the test accuracy is
+    computed only there (for those members, as one smaller group): the test set is most
+    of the evaluation cost. ``best_val`` is updated in place.
+    """
+    if val is None:
+        return [{"test_acc": float(a)} for a in _evaluate_stacked(base, params, *test)]
+    val_acc = _evaluate_stacked(base, params, *val)
+    improved = torch.nonzero(val_acc > best_val).flatten()
+    best_val.copy_(torch.maximum(best_val, val_acc))
+    records = [{"val_acc": float(a)} for a in val_acc]
+    if len(improved):
+        index = improved.to(test[0].device)
+        subset = {k: v[index] for k, v in params.items()}
+        for g, acc in zip(improved.tolist(), _evaluate_stacked(base, subset, *test), strict=True):
+            records[g]["test_acc"] = float(acc)
+    return records
+
+
+def _on(device: str, split: Split | None) -> Split | None:
+    return None if split is None else (split[0].to(device), split[1].to(device))
 
 
 class _Optimizer:
@@ -144,7 +177,8 @@ def train_batched(
     val: Split | None = None,
     device: str = "cpu",
 ) -> list[Fitted]:
-    """Train every member together with vmap; see the module docstring."""
+    """Train every member together with vmap; see the module docstring. With ``val``,
+    histories hold the test accuracy only at checkpoints ``select(..., "val")`` can pick."""
     n = _check_group(members)
     models = [init_model(model_fn, m.seed) for m in members]
     if any(True for _ in models[0].buffers()):
@@ -155,24 +189,27 @@ def train_batched(
     params, _ = stack_module_state(models)
     params = {k: v.detach().to(device).requires_grad_() for k, v in params.items()}
     base = copy.deepcopy(models[0]).to(device)
-    opt = _Optimizer(params, torch.tensor([m.lr for m in members]), recipe)
+    opt = _Optimizer(params, torch.tensor([m.lr for m in members], device=device), recipe)
+    data = [(m.x.to(device), m.targets.to(device)) for m in members]
+    test, val = _on(device, test), _on(device, val)
     order_gens = [torch.Generator().manual_seed(m.seed) for m in members]
     aug_gens = [augment_generator(m.seed) for m in members]
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     fitted = [Fitted(m.lr, m.seed) for m in members]
+    best_val = torch.full((len(members),), -1.0)  # each member's best validation accuracy
     step = 0
-    for epoch in range(1, recipe.epochs + 1):
-        perms = [torch.randperm(n, generator=g) for g in order_gens]
+    for epoch in track(range(1, recipe.epochs + 1), f"{len(members)} students, epochs"):
+        perms = [torch.randperm(n, generator=g).to(device) for g in order_gens]
         for start in range(0, n, recipe.batch_size):
             xs, ts = [], []
-            for m, perm, gen in zip(members, perms, aug_gens, strict=True):
+            for (x, targets), perm, gen in zip(data, perms, aug_gens, strict=True):
                 idx = perm[start : start + recipe.batch_size]
-                xb, tb = m.x[idx], m.targets[idx]
+                xb, tb = x[idx], targets[idx]
                 if augment is not None:
                     xb, tb = augment(xb, tb, gen)
                 xs.append(xb)
                 ts.append(tb)
-            xb, tb = torch.stack(xs).to(device), torch.stack(ts).to(device)
+            xb, tb = torch.stack(xs), torch.stack(ts)
             if teacher is not None:
                 with torch.no_grad():
                     tb = teacher(xb.flatten(0, 1)).view(*xb.shape[:2], -1)
@@ -187,15 +224,12 @@ def train_batched(
                 opt.step(params, grads, lr_factor(recipe, step, steps_per_epoch))
             step += 1
         if _is_eval_epoch(recipe, epoch):
-            test_acc = _evaluate_stacked(base, params, *test, device)
-            val_acc = _evaluate_stacked(base, params, *val, device) if val is not None else None
-            for g, f in enumerate(fitted):
-                record = {"epoch": epoch, "test_acc": float(test_acc[g])}
-                if val_acc is not None:
-                    record["val_acc"] = float(val_acc[g])
-                f.history.append(record)
+            for f, record in zip(
+                fitted, _checkpoint(base, params, test, val, best_val), strict=True
+            ):
+                f.history.append({"epoch": epoch, **record})
     for g, f in enumerate(fitted):
-        f.state = {k: v[g].detach().clone() for k, v in params.items()}
+        f.state = {k: v[g].detach().to("cpu", copy=True) for k, v in params.items()}
     return fitted
 
 
@@ -215,7 +249,7 @@ def train_sequential(
     if recipe.schedule == "cosine_ref":
         raise ConfigError("schedule 'cosine_ref' needs engine 'batched'")
     fitted = []
-    for m in members:
+    for m in track(members, "students"):
         cfg = TrainConfig(
             epochs=recipe.epochs,
             batch_size=recipe.batch_size,
@@ -247,7 +281,8 @@ def train_sequential(
             for h in result.history
             if "test_acc" in h
         ]
-        fitted.append(Fitted(m.lr, m.seed, history, result.model.state_dict()))
+        state = {k: v.cpu() for k, v in result.model.state_dict().items()}
+        fitted.append(Fitted(m.lr, m.seed, history, state))
     return fitted
 
 
