@@ -1,23 +1,32 @@
-"""Speed of PA detection and DSC parsing against naive baselines measured in the same run.
+"""Speed of PA detection, DSC parsing and RNN training against baselines measured in the
+same run, and the quick demo against its time budget.
 
 PA: one vectorised pass (``Template.detect``) vs a Python loop over positions, on 100k
 positions of a 576-wide layer (SmolLM2's width). DSC: trie-based greedy longest match vs
 trying every dictionary chunk at every position, and the time per 1e5 steps at 1e5 and
-1e6 steps (linear scaling means the two agree). Runs single-threaded.
+1e6 steps (linear scaling means the two agree). RNN: one training iteration (forward and
+backward through a window) with the NumPy recurrence and hand-written BPTT vs autograd
+through a loop of torch operations. Runs single-threaded.
+
+``--demo`` times ``lucidml.chunking.api.demo(quick=True)`` (the tour's) with the default
+threads, next to a fixed reference computation timed just before it, so a run on a busy
+machine can be told from a slow demo. The budget is 90 s on 2 idle cores.
 
     python benchmarks/chunking_bench.py          # the issue's sizes, about a minute
     python benchmarks/chunking_bench.py --quick  # smaller, a few seconds
+    python benchmarks/chunking_bench.py --demo   # the quick demo, about a minute
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import numpy as np
 import torch
 
-from lucidml.chunking import dsc, pa, sequences
+from lucidml.chunking import dsc, pa, rnn, sequences
 
 
 def timed(fn, *args):
@@ -76,14 +85,81 @@ def bench_dsc(n_steps: int, naive_steps: int) -> None:
         print(f"DSC parse of {n:>9,} steps: {t:.3f} s, {t / (n / 1e5):.3f} s per 1e5 steps")
 
 
+def autograd_loop_iteration(model: rnn.ElmanRNN, ids: torch.Tensor) -> None:
+    """The baseline: the same step as ``ElmanRNN.forward``, as torch operations under autograd."""
+    x = torch.nn.functional.one_hot(ids[:-1], model.n_symbols).float()
+    w_x, w_h = model.update.weight.split([model.n_symbols, model.hidden_size], dim=1)
+    drive = x @ w_x.T + model.update.bias
+    h, prev = torch.zeros(model.hidden_size), []
+    for t in range(len(drive)):
+        prev.append(h)
+        h = drive[t] + w_h @ h
+    logits = model.readout(torch.cat([x, torch.stack(prev)], dim=1))
+    loss = -torch.log_softmax(logits, -1).gather(1, ids[1:, None]).sum()
+    model.zero_grad()
+    loss.backward()
+
+
+def numpy_iteration(model: rnn.ElmanRNN, ids: torch.Tensor) -> None:
+    logp, _ = model(ids[:-1])
+    loss = -logp.gather(1, ids[1:, None]).sum()
+    model.zero_grad()
+    loss.backward()
+
+
+def bench_rnn(window: int, repeats: int = 5) -> None:
+    torch.manual_seed(0)
+    model = rnn.ElmanRNN(n_symbols=6, hidden_size=12)
+    ids = torch.randint(0, 6, (window + 1,), generator=torch.Generator().manual_seed(0))
+    t_fast = min(timed(numpy_iteration, model, ids)[1] for _ in range(repeats))
+    t_slow = min(timed(autograd_loop_iteration, model, ids)[1] for _ in range(repeats))
+    print(
+        f"RNN training iteration, window {window}: NumPy recurrence + hand-written BPTT "
+        f"{t_fast * 1e3:.1f} ms, autograd through a torch loop {t_slow * 1e3:.1f} ms, "
+        f"ratio {t_slow / t_fast:.1f}x"
+    )
+
+
+def reference_seconds() -> float:
+    """A fixed computation (matrix products and a Python loop): how busy the machine is."""
+    start = time.perf_counter()
+    a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
+    for _ in range(200):
+        a = torch.tanh(a @ a.T / 512)
+    total = 0
+    for i in range(3_000_000):
+        total += i
+    return time.perf_counter() - start
+
+
+def bench_demo() -> None:
+    from lucidml.chunking import api
+
+    reference = reference_seconds()
+    with tempfile.TemporaryDirectory() as out:
+        wall, cpu = time.perf_counter(), time.process_time()
+        api.demo(out, quick=True)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(
+        f"quick demo: {wall:.1f} s wall, {cpu:.1f} s CPU on {torch.get_num_threads()} threads "
+        f"(budget 90 s on 2 idle cores); reference computation {reference:.2f} s just before "
+        "(compare runs on their reference times)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, a few seconds")
+    ap.add_argument("--demo", action="store_true", help="time the quick demo instead")
     args = ap.parse_args()
+    if args.demo:
+        bench_demo()  # with the default threads, as the tour runs it
+        return
     # one thread: on a shared 2-core machine, two contended torch threads run ~10x slower
     torch.set_num_threads(1)
     bench_pa(20_000 if args.quick else 100_000)
     bench_dsc(200_000 if args.quick else 1_000_000, 20_000 if args.quick else 100_000)
+    bench_rnn(1000 if args.quick else 5000)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from lucidml.chunking.corpus import everyday_sentences
 from lucidml.cli import main
@@ -100,6 +101,7 @@ def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys
     assert code == 0, err
     res = json.loads((tmp_path / "graft" / "results.json").read_text())
     assert res["n_prompts"] == 2 and 0.0 <= res["graft_rate"] <= 1.0
+    assert res["env"]["device"] == "cpu"
     saved = (tmp_path / "graft" / "config.yaml").read_text()
     assert "positions:\n- -2\n- -1" in saved
 
@@ -168,13 +170,16 @@ def test_unknown_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
         ],
         capsys,
     )
-    assert code == 2 and "unknown model 'no-such-model-xyz'" in err
+    assert code == 2 and "model 'no-such-model-xyz' is not" in err
     assert not (tmp_path / "run").exists()
 
 
-def test_ucd_resume_reuses_finished_layers_and_checks_the_config(tiny_model_dir, tmp_path, capsys):
-    import torch
+def _item(folder, prefix):
+    (path,) = (folder / "items").glob(f"{prefix}-*.json")
+    return path
 
+
+def test_ucd_resume_reuses_finished_layers_and_checks_the_config(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "ucd"
     args = [
         "chunking",
@@ -191,10 +196,134 @@ def test_ucd_resume_reuses_finished_layers_and_checks_the_config(tiny_model_dir,
         str(out),
     ]
     assert run(args, capsys)[0] == 0
-    ckpt = out / "checkpoints" / "ucd_layer1.pt"
-    row = torch.load(ckpt, weights_only=False)
-    torch.save({**row, "test_loss": -0.123}, ckpt)  # a marker only the checkpoint holds
+    item = _item(out, "ucd-layer1")
+    row = json.loads(item.read_text())
+    item.write_text(json.dumps({**row, "test_loss": -0.123}))  # a marker only the item holds
     assert run([*args, "--resume"], capsys)[0] == 0
     assert json.loads((out / "results.json").read_text())["layers"][0]["test_loss"] == -0.123
     code, _, err = run([*args[:-2], "--chunks", "5", "--out", str(out), "--resume"], capsys)
     assert code == 2 and "different config" in err
+    # the same config on another text is another item: the marker is not reused
+    text = tmp_path / "other.txt"
+    text.write_text(" ".join(everyday_sentences(300, seed=1)))
+    assert run([*args, "--resume", "--text", str(text)], capsys)[0] == 0
+    assert json.loads((out / "results.json").read_text())["layers"][0]["test_loss"] != -0.123
+    assert len(list((out / "items").glob("ucd-layer1-*.json"))) == 2
+
+
+def test_pa_resume_recomputes_only_missing_layers(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "pa"
+    args = ["chunking", "pa", "--model", str(tiny_model_dir), "--word", "coffee"]
+    args += ["--layers", "1,2", "--steps", "0,1", "--out", str(out)]
+    assert run(args, capsys)[0] == 0
+    first = json.loads((out / "results.json").read_text())
+    bank_before = (out / "templates" / "templates.json").read_text()
+    done = _item(out, "pa-layer2")
+    marked = json.loads(done.read_text())
+    marked["rows"][0]["tpr"] = 0.123  # a marker only the finished item holds
+    done.write_text(json.dumps(marked))
+    _item(out, "pa-layer1").unlink()  # as if the run was killed before layer 1 finished
+    assert run([*args, "--resume"], capsys)[0] == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [(r["step"], r["layer"]) for r in res["rows"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert next(r for r in res["rows"] if (r["step"], r["layer"]) == (0, 2))["tpr"] == 0.123
+    again = [r for r in res["rows"] if r["layer"] == 1]
+    assert again == [r for r in first["rows"] if r["layer"] == 1]  # recomputed, same numbers
+    assert (out / "templates" / "templates.json").read_text() == bank_before
+
+
+def test_graft_resume_reuses_the_arms(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "graft"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("my sister drinks\nthe dog sleeps in the\n")
+    args = ["chunking", "graft", "--model", str(tiny_model_dir), "--word", "coffee"]
+    args += ["--prompts", str(prompts), "--layers", "1", "--max-new-tokens", "3"]
+    args += ["--out", str(out)]
+    assert run(args, capsys)[0] == 0
+    _item(out, "graft").write_text(json.dumps(["coffee", "coffee"]))
+    assert run([*args, "--resume"], capsys)[0] == 0
+    assert json.loads((out / "results.json").read_text())["graft_rate"] == 1.0
+
+
+@pytest.mark.parametrize("command", ["rnn", "pa", "graft", "ucd", "demo"])
+def test_an_unavailable_device_is_one_line_and_writes_nothing(command, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    out = tmp_path / "run"
+    extra = ["--word", "coffee"] if command in ("pa", "graft") else []
+    code, _, err = run(["chunking", command, *extra, "--device", "cuda", "--out", str(out)], capsys)
+    assert code == 2 and err.startswith("error: device 'cuda' is not available")
+    assert err.count("\n") == 1 and not out.exists()
+    code, _, err = run(["chunking", command, *extra, "--device", "gpu0", "--out", str(out)], capsys)
+    assert code == 2 and "unknown device 'gpu0'" in err and not out.exists()
+
+
+def test_a_config_file_value_is_never_replaced_by_a_default(tmp_path, capsys):
+    cfg = tmp_path / "rnn.yaml"
+    cfg.write_text("regime: one_chunk\nn_iters: 7\nwindow: 30\nseed: 3\ndevice: cpu\n")
+    assert (
+        run(["chunking", "rnn", "--config", str(cfg), "--out", str(tmp_path / "a")], capsys)[0] == 0
+    )
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert (saved["n_iters"], saved["window"], saved["seed"], saved["device"]) == (7, 30, 3, "cpu")
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["sequence_length"] == 30 and res["env"]["seed"] == 3
+    assert (res["env"]["device"], res["env"]["threads"]) == ("cpu", 1)
+    # an option given on the command line overrides the file
+    args = ["chunking", "rnn", "--config", str(cfg), "--iters", "2", "--seed", "4"]
+    assert run([*args, "--out", str(tmp_path / "b")], capsys)[0] == 0
+    saved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert (saved["n_iters"], saved["window"], saved["seed"]) == (2, 30, 4)
+
+
+def test_pa_takes_its_word_and_fields_from_a_config_file(tiny_model_dir, tmp_path, capsys):
+    cfg = tmp_path / "pa.yaml"
+    cfg.write_text(
+        f"word: coffee\nmodel: {tiny_model_dir}\nlayers: [1]\nsteps: [0]\nn_train: 3\n"
+        "select: balanced\n"
+    )
+    out = tmp_path / "pa"
+    assert run(["chunking", "pa", "--config", str(cfg), "--out", str(out)], capsys)[0] == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["n_train"], saved["select"], saved["device"]) == (3, "balanced", "auto")
+    assert json.loads((out / "results.json").read_text())["env"]["device"] == "cpu"
+    code, _, err = run(["chunking", "pa", "--out", str(tmp_path / "no")], capsys)
+    assert code == 2 and "--word is required" in err
+
+
+def test_the_demo_runs_every_section_on_a_small_plan(tiny_model_dir, tmp_path):
+    from lucidml.chunking import api
+
+    plan = api.DemoPlan(
+        regimes={"one_chunk": dict(n_iters=20, record_length=300)},
+        n_sentences=300,
+        layer_stride=2,
+        pa_words=("coffee", "dog"),
+        graft_words=("coffee",),
+        max_new_tokens=3,
+        ucd_chunks=4,
+        ucd_epochs=2,
+        graft_layers=(1, 2),
+        model=str(tiny_model_dir),
+    )
+    report = api.run_demo(tmp_path / "demo", plan, device="cpu", quick=True)
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert list(res["rnn"]) == ["one_chunk"] and set(res["pa"]) == {"coffee", "dog"}
+    assert {r["layer"] for r in res["pa"]["dog"]["rows"]} == {
+        0,
+        1,
+        2,
+    }  # 0, 2 by stride; 1, 2 grafted
+    assert [g["word"] for g in res["graft"]] == ["coffee"]
+    assert res["ucd"][0]["layer"] == 1 and res["env"]["device"] == "cpu"
+    assert report.is_file()
+    text = (tmp_path / "demo" / "report.md").read_text()
+    for heading in ("RNN regime: one_chunk", "PA templates for 'dog'", "Grafting effect"):
+        assert heading in text
+    assert "Unsupervised chunk discovery" in text
+    # the quick plan is a subset of the full one, section by section
+    assert set(api.QUICK.regimes) <= set(api.FULL.regimes)
+    assert api.QUICK.n_sentences <= api.FULL.n_sentences
+    assert set(api.QUICK.graft_words) <= set(api.FULL.graft_words)

@@ -156,3 +156,23 @@ def test_collect_matches_one_sentence_at_a_time_and_keeps_sentence_order(llama3)
         torch.testing.assert_close(
             col.hidden[ell][start : start + len(enc[1])], alone[ell][0], atol=1e-5, rtol=1e-4
         )
+
+
+def test_collect_stops_after_the_highest_requested_index(llama3):
+    from lucidml.chunking.collect import collect
+    from lucidml.core.hooks import decoder_blocks
+
+    model, tok = llama3
+    sents = ["the cat sees a big dog .", "a bird ."]
+    calls = []
+    blocks = decoder_blocks(model)[1]
+    late = [blocks[i].register_forward_hook(lambda *a, i=i: calls.append(i)) for i in (0, 1, 2)]
+    try:
+        col = collect(model, tok, sents, layers=[0, 1], batch_size=2)
+    finally:
+        for h in late:
+            h.remove()
+    assert calls == [0]  # index 1 is block 0's output: blocks 1 and 2 never ran
+    full = collect(model, tok, sents, layers=[0, 1, 3], batch_size=2)
+    for ell in (0, 1):
+        torch.testing.assert_close(col.hidden[ell], full.hidden[ell], atol=0, rtol=0)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +142,16 @@ def test_pa_on_a_tiny_transformer_trained_on_planted_chunks(chunk_lm):
         m = pa.detection_metrics(t.detect(hs2[layer]), pos2)
         assert m["tpr"] >= (1.0 if layer == 0 else 0.8)
         assert m["fpr"] <= 0.02
+
+
+def test_a_template_survives_its_json_round_trip_exactly():
+    g = torch.Generator().manual_seed(0)
+    H = torch.randn(200, 16, generator=g)
+    pos = np.arange(0, 200, 10)
+    H[pos, :4] = 2.0 + 0.01 * torch.randn(len(pos), 4, generator=g)
+    t = pa.fit(H, pos, seed=0)
+    back = pa.Template.from_json(json.loads(json.dumps(t.to_json())))
+    assert torch.equal(back.mask, t.mask) and torch.equal(back.mean, t.mean)
+    assert (back.theta, back.tau, back.n_occurrences) == (t.theta, t.tau, t.n_occurrences)
+    assert np.array_equal(back.train_positions, t.train_positions)
+    assert np.array_equal(back.score(H), t.score(H))

@@ -64,3 +64,54 @@ def test_graft_borrows_a_learnt_transition_and_a_disabled_graft_changes_nothing(
     np.testing.assert_array_equal(on.control, off.control)  # paired windows, same control
     # at D the graft arm reads state(J) + K, so it already predicts L, M, N: a lower start
     assert on.graft[:, :5].mean() < on.control[:, :5].mean()
+
+
+def _torch_loop(drive, w_h, h0, overrides, tanh):
+    """The recurrence as plain torch operations, for autograd to differentiate."""
+    h, prev, states = h0, [], []
+    for t in range(len(drive)):
+        h = overrides.get(t, h)
+        prev.append(h)
+        h = drive[t] + w_h @ h
+        h = torch.tanh(h) if tanh else h
+        states.append(h)
+    return torch.stack(states), torch.stack(prev)
+
+
+@pytest.mark.parametrize("tanh", [False, True])
+@pytest.mark.parametrize("overrides", [{}, {3: 0.5}, {0: -1.0, 5: 2.0}])
+def test_hand_written_backprop_through_time_matches_autograd(tanh, overrides):
+    g = torch.Generator().manual_seed(0)
+    drive = torch.randn(8, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w_h = (0.5 * torch.randn(4, 4, generator=g, dtype=torch.float64)).requires_grad_(True)
+    h0 = torch.randn(4, generator=g, dtype=torch.float64)
+    values = {t: torch.full((4,), v, dtype=torch.float64) for t, v in overrides.items()}
+    # random weights on both outputs, so every gradient path is exercised
+    a, b = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(8, 4, generator=g)
+
+    def loss(fn):
+        states, prev = fn(drive, w_h, h0, values, tanh)
+        return (a * states).sum() + (b.double() * prev**2).sum(), states, prev
+
+    mine, s1, p1 = loss(rnn._Recurrence.apply)
+    ref, s2, p2 = loss(_torch_loop)
+    torch.testing.assert_close(s1, s2)
+    torch.testing.assert_close(p1, p2)
+    got = torch.autograd.grad(mine, [drive, w_h])
+    want = torch.autograd.grad(ref, [drive, w_h])
+    for x, y in zip(got, want, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda d, w: rnn._Recurrence.apply(d, w, h0, values, tanh), (drive, w_h)
+    )
+
+
+def test_one_thread_holds_inside_the_block_and_restores_the_setting():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with rnn.one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

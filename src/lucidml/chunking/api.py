@@ -1,12 +1,16 @@
 """Public entry points: RNN chunking experiments, PA, grafting, UCD, and the demo.
 
-Each ``*_job`` validates its inputs (and loads the model) before creating the run
-folder, so a user mistake leaves nothing half-written.
+Each ``*_job`` resolves the device, validates its inputs and loads the model before
+creating the run folder, so a user mistake leaves nothing half-written. With
+``resume``, finished pieces (PA and UCD layers, grafting arms) are read back from the run's
+``items/`` folder; each is keyed on everything that determines it (see ``job_key``).
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -18,13 +22,15 @@ from lucidml.chunking import dsc, pa, perturb, sequences, ucd
 from lucidml.chunking.collect import Collection, collect, encode_sentences, split_sentences
 from lucidml.chunking.config import GraftConfig, PAConfig, RNNConfig, UCDConfig
 from lucidml.chunking.graft import generate, graft, occurrence_effect, score_arms
-from lucidml.chunking.rnn import TrainedRNN, train_rnn
-from lucidml.core.config import seed_everything
+from lucidml.chunking.rnn import TrainedRNN, one_thread, train_rnn
+from lucidml.core.config import resolve_device, resolve_dtype, seed_everything
+from lucidml.core.distributed import ItemStore
+from lucidml.core.progress import get_logger, track
 from lucidml.core.report import Report
-from lucidml.core.runs import Run, write_json, write_yaml
+from lucidml.core.runs import Run, environment, make_run_dir, write_json, write_yaml
 from lucidml.errors import InputError
 
-log = logging.getLogger(__name__)  # a child of "lucidml.chunking": the CLI shows it
+log = get_logger("chunking")
 
 MIN_SENTENCES = 4  # at least this many sentences, so both the fit and held-out parts have text
 
@@ -55,6 +61,7 @@ def _decoded(chunk: tuple, table: dict) -> str:
     return "".join(str(table.get(s, "?")) for s in chunk)
 
 
+@one_thread()
 def rnn_experiment(cfg: RNNConfig) -> RNNExperiment:
     """Train, record, discretise, decode, build the dictionary, and probe one regime."""
     cfg = cfg.resolved()
@@ -210,12 +217,18 @@ def _rnn_section(exp: RNNExperiment, report: Report) -> None:
 
 
 def rnn_job(cfg: RNNConfig, out: str | Path | None = None) -> Path:
-    run = Run("chunking", out, cfg.resolved())
+    device = resolve_device(cfg.device)  # checked like everywhere, though the RNN uses the CPU
+    if device != "cpu":
+        log.info("the RNN and DSC run on the CPU: 12 units step by step gain nothing on %s", device)
+    cfg = cfg.resolved()
+    run = Run("chunking", out, cfg)
     log.info("training the RNN on %s", cfg.regime)
     exp = rnn_experiment(cfg)
     report = Report(f"Neural chunking: RNN on {cfg.regime}")
     _rnn_section(exp, report)
-    run.write_results(exp.results)
+    with one_thread():  # what the RNN ran with
+        env = environment("cpu", cfg.seed)
+    run.write_results({**exp.results, "env": env})
     return report.save(run.path)
 
 
@@ -233,25 +246,65 @@ def open_run(cfg, out: str | Path | None, resume: bool) -> Run:
     return Run("chunking", out, cfg)
 
 
-def cached(run: Run | None, key: str, compute):
-    """``compute()``, or the checkpoint saved under ``key`` by an interrupted run."""
-    if run is None:
-        return compute()
-    state = run.resume(key)
-    if state is None:
-        state = compute()
-        run.checkpoint(key, state)
-    return state
+def digest(*parts) -> str:
+    """A short hash of JSON-able parts (strings, numbers, lists, dicts)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _load(model_name: str, device: str = "cpu"):
+def model_fingerprint(model) -> str:
+    """A hash of the weights (each parameter's sum, in its own dtype: MPS has no float64),
+    so a model folder whose weights changed between a run and its resume is noticed."""
     import torch
 
+    with torch.no_grad():
+        sums = [float(p.sum()) for p in model.parameters()]
+    return digest(type(model).__name__, sums)
+
+
+def files_digest(folder: Path) -> str:
+    """A hash of the bytes of every file directly in ``folder``."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def job_key(cfg, device: str, model, *inputs) -> str:
+    """What every cached item of a job depends on besides its own name: the config, the
+    device and dtype the numbers come from, the model's weights and the inputs' content
+    (text, prompts, templates)."""
+    dtype = str(next(model.parameters()).dtype)
+    return digest(
+        type(cfg).__name__,
+        cfg.model_dump(mode="json"),
+        device,
+        dtype,
+        model_fingerprint(model),
+        *inputs,
+    )
+
+
+def cached(store: ItemStore | None, key: str, compute):
+    """``compute()``, or the value an earlier (interrupted) run saved under ``key``.
+
+    The value is always read back from its file, so a fresh and a resumed run return
+    the same thing (JSON turns tuples into lists and NaN into None).
+    """
+    if store is None:
+        return compute()
+    if not store.has(key):
+        store.save(key, compute())
+    return store.load(key)
+
+
+def _load(model_name: str, device: str):
+    """The model in float32 on ``device`` (already resolved): PA thresholds and masks are
+    statistics of hidden states at tolerances down to 0.8^34, finer than bf16 resolves."""
     from lucidml.core.zoo import load_llm
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_llm(model_name, device=device)
+    return load_llm(model_name, device=device, dtype=resolve_dtype(device, half=False))
 
 
 def read_text(path: str | Path | None) -> str:
@@ -329,30 +382,15 @@ def collect_split(model, tok, fit_sents, held_sents, layers, batch_size: int = 3
     )
 
 
-def pa_analysis(
-    model, tok, cfg: PAConfig, fit_sents, held_sents, collections: Collections | None = None
-) -> tuple[pa.TemplateBank, list]:
-    """Fit every (step, layer) template on the fit sentences; score them on held-out ones.
-
-    ``collections`` reuses activations already collected for these sentences.
-    """
-    layers = _check_layers(cfg.layers, model.config.num_hidden_layers)
-    col_fit, col_held = collections or collect_split(
-        model, tok, fit_sents, held_sents, layers, cfg.batch_size
-    )
+def pa_layer(tok, cfg: PAConfig, ell: int, collections: Collections) -> dict:
+    """One layer: the word's template at every step, fit on the fitting text, and its
+    held-out row; JSON-able (``{"templates": [...], "rows": [...]}``)."""
+    col_fit, col_held = collections
     templates = fit_word_templates(
-        col_fit, tok, cfg.word, cfg.steps, layers, cfg.n_train, cfg.select, cfg.seed
-    )
-    bank = pa.TemplateBank(
-        info={
-            "model": cfg.model,
-            "index": "hidden_states",
-            "n_layers": model.config.num_hidden_layers,
-        }
+        col_fit, tok, cfg.word, cfg.steps, [ell], cfg.n_train, cfg.select, cfg.seed
     )
     rows = []
-    for (step, ell), t in templates.items():
-        bank[(cfg.word, step, ell)] = t
+    for (step, _), t in templates.items():
         pos = pa.word_positions(tok, col_held.token_ids, col_held.sentence_ids, cfg.word, step)
         scores = t.score(col_held.hidden[ell])
         m = pa.detection_metrics(scores <= t.theta, pos)
@@ -373,6 +411,48 @@ def pa_analysis(
                 "n_heldout": m["n_pos"],
             }
         )
+    return {"templates": [t.to_json() for t in templates.values()], "rows": rows}
+
+
+def pa_analysis(
+    model,
+    tok,
+    cfg: PAConfig,
+    fit_sents,
+    held_sents,
+    collections: Collections | None = None,
+    store: ItemStore | None = None,
+    key: str = "",
+) -> tuple[pa.TemplateBank, list]:
+    """Fit every (step, layer) template on the fit sentences; score them on held-out ones.
+
+    ``collections`` reuses activations already collected for these sentences. With
+    ``store``, each finished layer is saved under ``pa-layer<l>-<key>`` and read back
+    instead of recomputed; only the layers still missing are collected.
+    """
+    layers = _check_layers(cfg.layers, model.config.num_hidden_layers)
+    name = {ell: f"pa-layer{ell}-{key}" for ell in layers}
+    todo = [ell for ell in layers if store is None or not store.has(name[ell])]
+    if todo and collections is None:
+        log.info(
+            "collecting %d layers on %d + %d sentences", len(todo), len(fit_sents), len(held_sents)
+        )
+        collections = collect_split(model, tok, fit_sents, held_sents, todo, cfg.batch_size)
+    bank = pa.TemplateBank(
+        info={
+            "model": cfg.model,
+            "index": "hidden_states",
+            "n_layers": model.config.num_hidden_layers,
+        }
+    )
+    rows = []
+    for ell in track(layers, f"PA templates of '{cfg.word}'"):
+        item = cached(store, name[ell], partial(pa_layer, tok, cfg, ell, collections))
+        for t in item["templates"]:
+            template = pa.Template.from_json(t)
+            bank[(cfg.word, template.meta["step"], ell)] = template
+        rows += item["rows"]
+    rows.sort(key=lambda r: (cfg.steps.index(r["step"]), layers.index(r["layer"])))
     return bank, rows
 
 
@@ -388,11 +468,15 @@ def best_layer(rows: list[dict], step: int = 0) -> dict:
 
 
 def pa_job(
-    cfg: PAConfig, text_path: str | Path | None = None, out: str | Path | None = None
+    cfg: PAConfig,
+    text_path: str | Path | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
 ) -> Path:
+    device = resolve_device(cfg.device)
     text = read_text(text_path)
     fit_sents, held_sents = split_text(text, cfg.heldout_fraction, str(text_path or "the corpus"))
-    model, tok = _load(cfg.model, cfg.device)
+    model, tok = _load(cfg.model, device)
     _check_layers(cfg.layers, model.config.num_hidden_layers)
     _require_occurrences(
         tok,
@@ -402,9 +486,10 @@ def pa_job(
         "the fitting part of the text",
     )
     _require_occurrences(tok, held_sents, cfg.word, 1, "the held-out part of the text")
-    run = Run("chunking", out, cfg)
+    run = open_run(cfg, out, resume)
     log.info("PA for '%s' on %d + %d sentences", cfg.word, len(fit_sents), len(held_sents))
-    bank, rows = pa_analysis(model, tok, cfg, fit_sents, held_sents)
+    store, key = ItemStore(run / "items"), job_key(cfg, device, model, text)
+    bank, rows = pa_analysis(model, tok, cfg, fit_sents, held_sents, store=store, key=key)
     bank.save(run / "templates")
     results = {
         "word": cfg.word,
@@ -413,6 +498,7 @@ def pa_job(
         "best": best_layer(rows, cfg.steps[0] if 0 not in cfg.steps else 0),
         "n_fit_sentences": len(fit_sents),
         "n_heldout_sentences": len(held_sents),
+        "env": environment(device, cfg.seed),
     }
     run.write_results(results)
     report = Report(f"Population averaging: '{cfg.word}' in {cfg.model}")
@@ -446,7 +532,8 @@ def _pa_section(report: Report, word: str, rows: list[dict]) -> None:
 
 
 def _templates_for(cfg: GraftConfig, model, tok, text_path, templates_dir):
-    """Check where the templates come from now; return a function that makes them later."""
+    """Check where the templates come from now: (a function that makes them later, a
+    digest of their source: the templates folder's files or the text)."""
     if templates_dir is not None:
         bank = pa.TemplateBank.load(templates_dir)
         found = bank.for_word(cfg.word, 0)
@@ -455,8 +542,9 @@ def _templates_for(cfg: GraftConfig, model, tok, text_path, templates_dir):
             raise InputError(
                 f"{templates_dir} has no step-0 template of '{cfg.word}' at layer {missing[0]}"
             )
-        return lambda: {ell: found[ell] for ell in cfg.layers}
-    sents = split_sentences(read_text(text_path))
+        return (lambda: {ell: found[ell] for ell in cfg.layers}), files_digest(Path(templates_dir))
+    text = read_text(text_path)
+    sents = split_sentences(text)
     if len(sents) < MIN_SENTENCES:
         raise InputError(
             f"{text_path or 'the corpus'} is too short: it has {len(sents)} "
@@ -477,7 +565,7 @@ def _templates_for(cfg: GraftConfig, model, tok, text_path, templates_dir):
         )
         return {ell: t for (_, ell), t in fitted.items()}
 
-    return fit_now
+    return fit_now, digest(text)
 
 
 def read_prompts(path: str | Path | None) -> list[str]:
@@ -503,11 +591,13 @@ def graft_job(
     out: str | Path | None = None,
     resume: bool = False,
 ) -> Path:
+    device = resolve_device(cfg.device)
     prompts = read_prompts(prompts_path)
-    model, tok = _load(cfg.model, cfg.device)
+    model, tok = _load(cfg.model, device)
     _check_layers(cfg.layers, model.config.num_hidden_layers)
-    make_templates = _templates_for(cfg, model, tok, text_path, templates_dir)
+    make_templates, source = _templates_for(cfg, model, tok, text_path, templates_dir)
     run = open_run(cfg, out, resume)
+    store, key = ItemStore(run / "items"), job_key(cfg, device, model, prompts, source)
     sampling = dict(
         top_p=cfg.top_p,
         temperature=cfg.temperature,
@@ -521,8 +611,11 @@ def graft_job(
             return generate(model, tok, prompts, cfg.seed, **sampling)
 
     log.info("control and grafted arms on %d prompts", len(prompts))
-    control = cached(run, "control", lambda: generate(model, tok, prompts, cfg.seed, **sampling))
-    effect = score_arms(control, cached(run, "graft", grafted_texts), cfg.word, cfg.seed)
+    control = cached(
+        store, f"control-{key}", lambda: generate(model, tok, prompts, cfg.seed, **sampling)
+    )
+    grafted = cached(store, f"graft-{key}", grafted_texts)
+    effect = score_arms(control, grafted, cfg.word, cfg.seed)
     results = {
         "word": cfg.word,
         "model": cfg.model,
@@ -533,6 +626,7 @@ def graft_job(
             {"prompt": p, "control": c, "graft": g}
             for p, c, g in zip(prompts[:5], effect.control_texts, effect.graft_texts, strict=False)
         ],
+        "env": environment(device, cfg.seed),
     }
     run.write_results(results)
     report = Report(f"Grafting '{cfg.word}' into {cfg.model}")
@@ -582,28 +676,36 @@ def ucd_analysis(
     cfg: UCDConfig,
     fit_sents,
     held_sents,
-    run: Run | None = None,
     collections: Collections | None = None,
+    store: ItemStore | None = None,
+    key: str = "",
 ) -> list[dict]:
-    """One chunk model per layer; with ``run``, each finished layer is checkpointed."""
+    """One chunk model per layer, trained on the model's device. With ``store``, each
+    finished layer is saved under ``ucd-layer<l>-<key>``; only missing layers are collected."""
     n = model.config.num_hidden_layers
     layers = [n // 2] if cfg.layers is None else _check_layers(cfg.layers, n)
-    col_fit, col_held = collections or collect_split(model, tok, fit_sents, held_sents, layers)
+    name = {ell: f"ucd-layer{ell}-{key}" for ell in layers}
+    todo = [ell for ell in layers if store is None or not store.has(name[ell])]
+    if todo and collections is None:
+        collections = collect_split(model, tok, fit_sents, held_sents, todo)
+    device = str(next(model.parameters()).device)
     rows = []
     for ell in layers:
-        H, ids = _content_rows(col_fit, tok, ell)
-        H_held, _ = _content_rows(col_held, tok, ell)
-        if cfg.n_chunks > len(H):
-            raise InputError(
-                f"n_chunks {cfg.n_chunks} exceeds the {len(H)} tokens of the "
-                "fitting text; lower --chunks or give more text"
-            )
-        fit_layer = partial(_ucd_layer, cfg, tok, ell, H, ids, H_held)
-        rows.append(cached(run, f"ucd_layer{ell}", fit_layer))
+        fit_layer = partial(_ucd_layer, cfg, tok, ell, collections, device)
+        rows.append(cached(store, name[ell], fit_layer))
     return rows
 
 
-def _ucd_layer(cfg: UCDConfig, tok, ell: int, H, ids, H_held) -> dict:
+def _ucd_layer(cfg: UCDConfig, tok, ell: int, collections: Collections, device: str) -> dict:
+    col_fit, col_held = collections
+    H, ids = _content_rows(col_fit, tok, ell)
+    H_held, _ = _content_rows(col_held, tok, ell)
+    if cfg.n_chunks > len(H):
+        raise InputError(
+            f"n_chunks {cfg.n_chunks} exceeds the {len(H)} tokens of the "
+            "fitting text; lower --chunks or give more text"
+        )
+    log.info("UCD at index %d: %d chunks on %d states", ell, cfg.n_chunks, len(H))
     m = ucd.fit(
         H,
         cfg.n_chunks,
@@ -612,6 +714,7 @@ def _ucd_layer(cfg: UCDConfig, tok, ell: int, H, ids, H_held) -> dict:
         lr=cfg.lr,
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
+        device=device,
     )
     top = Counter(m.assignments.tolist()).most_common(8)
     return {
@@ -644,9 +747,10 @@ def ucd_job(
     out: str | Path | None = None,
     resume: bool = False,
 ) -> Path:
+    device = resolve_device(cfg.device)
     text = read_text(text_path)
     fit_sents, held_sents = split_text(text, cfg.heldout_fraction, str(text_path or "the corpus"))
-    model, tok = _load(cfg.model, cfg.device)
+    model, tok = _load(cfg.model, device)
     if cfg.layers is not None:
         _check_layers(cfg.layers, model.config.num_hidden_layers)
     n_tokens = sum(len(e) - 1 for e in encode_sentences(tok, fit_sents))
@@ -659,8 +763,16 @@ def ucd_job(
     log.info(
         "UCD with %d chunks on %d + %d sentences", cfg.n_chunks, len(fit_sents), len(held_sents)
     )
-    rows = ucd_analysis(model, tok, cfg, fit_sents, held_sents, run)
-    run.write_results({"model": cfg.model, "n_chunks": cfg.n_chunks, "layers": rows})
+    store, key = ItemStore(run / "items"), job_key(cfg, device, model, text)
+    rows = ucd_analysis(model, tok, cfg, fit_sents, held_sents, store=store, key=key)
+    run.write_results(
+        {
+            "model": cfg.model,
+            "n_chunks": cfg.n_chunks,
+            "layers": rows,
+            "env": environment(device, cfg.seed),
+        }
+    )
     report = Report(f"Unsupervised chunk discovery in {cfg.model}")
     _ucd_section(report, rows)
     return report.save(run.path)
@@ -702,57 +814,108 @@ def _ucd_section(report: Report, rows: list[dict]) -> None:
 
 # --- demo ---------------------------------------------------------------------------------
 
-DEMO_WORDS = ("coffee", "dog", "rain")
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much work each section of the demo does (docs/chunking.md compares the two)."""
+
+    regimes: dict[str, dict]  # regime -> RNNConfig changes, in report order
+    n_sentences: int  # corpus sentences for PA and UCD (70 % fitting, 30 % held out)
+    layer_stride: int  # PA at every stride-th index, plus the graft layers and the middle
+    pa_words: tuple[str, ...]
+    graft_words: tuple[str, ...]
+    max_new_tokens: int  # per continuation, in both arms
+    ucd_chunks: int
+    ucd_epochs: int
+    graft_layers: tuple[int, ...] = tuple(GraftConfig.model_fields["layers"].default)
+    model: str = PAConfig.model_fields["model"].default
 
 
-def demo(out_dir: Path, quick: bool = False) -> Path:
-    """RNN regimes with recovered vs true chunks; PA, grafting and UCD on SmolLM2."""
+# the paper's training lengths; a 1000-step recording gives the dictionary enough repeats
+# to show the chunks, and the hierarchy regime trains on 1000-symbol windows (paper 5000)
+FULL = DemoPlan(
+    regimes={
+        "one_chunk": dict(record_length=1000),
+        "several_chunks": dict(record_length=1000, graft_repeats=30),
+        "probabilistic_chunks": dict(record_length=1000),
+        "hierarchy": dict(record_length=1000, window=1000, n_iters=300),
+    },
+    n_sentences=1200,
+    layer_stride=1,
+    pa_words=("coffee", "dog", "rain"),
+    graft_words=("coffee", "dog", "rain"),
+    max_new_tokens=120,
+    ucd_chunks=100,
+    ucd_epochs=40,
+)
+QUICK = DemoPlan(
+    regimes={
+        "one_chunk": dict(record_length=1000),
+        "several_chunks": dict(record_length=1000, graft_repeats=5),
+        "probabilistic_chunks": dict(record_length=1000),
+        "hierarchy": dict(record_length=1000, window=1000, n_iters=100),
+    },
+    n_sentences=500,
+    layer_stride=3,
+    pa_words=("coffee", "dog", "rain"),
+    graft_words=("coffee",),
+    max_new_tokens=40,
+    ucd_chunks=20,
+    ucd_epochs=10,
+)
+
+
+def demo(out_dir: Path, quick: bool = False, device: str | None = None) -> Path:
+    """RNN regimes with recovered vs true chunks; PA, grafting and UCD on SmolLM2.
+
+    ``quick`` runs the smaller plan (``QUICK``); ``device`` (None: auto) places SmolLM2.
+    """
+    return run_demo(out_dir, QUICK if quick else FULL, device, quick)
+
+
+def run_demo(out_dir: Path, plan: DemoPlan, device: str | None = None, quick: bool = False):
+    """The demo's sections under ``plan``; returns the path of report.html."""
     from lucidml.chunking.corpus import PROMPTS, everyday_sentences
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    out_dir = make_run_dir("chunking", out_dir)
     report = Report("Neural population chunking (lucidml.chunking)")
     results: dict = {"quick": quick, "rnn": {}}
-    overrides = {"hierarchy": dict(window=1000, n_iters=100 if quick else 300)}
-    for regime in REGIME_ORDER:
-        # a 1000-step recording gives the dictionary enough repeats to show the chunks
-        cfg = RNNConfig(
-            regime=regime,
-            graft_repeats=5 if quick else 30,
-            record_length=1000,
-            **overrides.get(regime, {}),
-        )
+    for regime, changes in plan.regimes.items():
         log.info("demo: RNN regime %s", regime)
-        exp = rnn_experiment(cfg)
+        exp = rnn_experiment(RNNConfig(regime=regime, **changes))
         results["rnn"][regime] = exp.results
         _rnn_section(exp, report)
 
-    model, tok = _load(PAConfig.model_fields["model"].default)
-    sents = everyday_sentences(500 if quick else 1200, seed=0)
+    model, tok = _load(plan.model, device)
+    sents = everyday_sentences(plan.n_sentences, seed=0)
     fit_sents, held_sents = split_text(" ".join(sents), 0.3)
     n = model.config.num_hidden_layers
-    # every index in full mode; in quick mode every third plus the graft layers and the middle
-    step = 3 if quick else 1
-    layers = sorted(
-        set(range(0, n + 1, step)) | set(GraftConfig.model_fields["layers"].default) | {n // 2}
+    layers = sorted(set(range(0, n + 1, plan.layer_stride)) | set(plan.graft_layers) | {n // 2})
+    log.info(
+        "demo: collecting %d layers of %s on %d sentences", len(layers), plan.model, len(sents)
     )
-    log.info("demo: collecting %d layers of SmolLM2 on %d sentences", len(layers), len(sents))
     collections = collect_split(model, tok, fit_sents, held_sents, layers)
     results["pa"], results["graft"] = {}, []
     banks = {}
-    for word in DEMO_WORDS:
-        cfg = PAConfig(word=word, steps=[0], layers=layers)
+    for word in plan.pa_words:
+        cfg = PAConfig(model=plan.model, word=word, steps=[0], layers=layers)
         bank, rows = pa_analysis(model, tok, cfg, fit_sents, held_sents, collections)
         results["pa"][word] = {"rows": rows, "best": best_layer(rows)}
         banks[word] = bank
         _pa_section(report, word, rows)
-    gcfg = GraftConfig(word=DEMO_WORDS[0], max_new_tokens=40 if quick else 120)
+    gcfg = GraftConfig(
+        model=plan.model,
+        word=plan.graft_words[0],
+        layers=list(plan.graft_layers),
+        max_new_tokens=plan.max_new_tokens,
+    )
     sampling = dict(
         top_p=gcfg.top_p, temperature=gcfg.temperature, max_new_tokens=gcfg.max_new_tokens
     )
     log.info("demo: sampling the control arm")
     control = generate(model, tok, PROMPTS, gcfg.seed, **sampling)
-    for word in DEMO_WORDS:
+    for word in plan.graft_words:
         log.info("demo: grafting '%s'", word)
         templates = {ell: banks[word][(word, 0, ell)] for ell in gcfg.layers}
         effect = occurrence_effect(
@@ -780,13 +943,16 @@ def demo(out_dir: Path, quick: bool = False) -> Path:
             }
         )
     _graft_section(report, results["graft"])
-    ucfg = UCDConfig(n_chunks=20 if quick else 100, epochs=10 if quick else 40, batch_size=256)
+    ucfg = UCDConfig(
+        model=plan.model, n_chunks=plan.ucd_chunks, epochs=plan.ucd_epochs, batch_size=256
+    )
     log.info("demo: unsupervised chunk discovery")
     results["ucd"] = ucd_analysis(model, tok, ucfg, fit_sents, held_sents, collections=collections)
     _ucd_section(report, results["ucd"])
+    results["env"] = environment(device, 0)
     write_json(out_dir / "results.json", results)
-    write_yaml(out_dir / "config.yaml", {"quick": quick, "words": list(DEMO_WORDS)})
+    write_yaml(
+        out_dir / "config.yaml",
+        {"quick": quick, "device": device, "plan": dataclasses.asdict(plan)},
+    )
     return report.save(out_dir)
-
-
-REGIME_ORDER = ("one_chunk", "several_chunks", "probabilistic_chunks", "hierarchy")

@@ -1,4 +1,8 @@
-"""``lucid chunking``: rnn | pa | graft | ucd (thin wrappers over ``lucidml.chunking.api``)."""
+"""``lucid chunking``: rnn | pa | graft | ucd | demo (thin wrappers over ``lucidml.chunking.api``).
+
+Options that set a config field default to None, so a value from ``--config`` is never
+replaced by a default; ``--help`` shows the config's default instead.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +11,50 @@ from typing import Annotated
 
 import typer
 
-from lucidml.chunking.config import GraftConfig, PAConfig, RNNConfig, UCDConfig
-from lucidml.core.progress import set_verbosity
+from lucidml.chunking.config import REGIME_DEFAULTS, GraftConfig, PAConfig, RNNConfig, UCDConfig
+from lucidml.core.options import ConfigFile, Device, Out, Quick, Quiet, Resume, Seed, start
 
 app = typer.Typer(no_args_is_help=True, help="Neural population chunking: DSC, PA, grafting, UCD.")
 
-Out = Annotated[
-    Path | None, typer.Option("--out", help="Run folder (default runs/chunking/<timestamp>).")
-]
-ConfigFile = Annotated[
-    Path | None,
-    typer.Option("--config", help="YAML config; flags given on the command line override it."),
-]
+
+def _default(cls, field: str) -> str:
+    """A config field's default as ``--help`` shows it (lists comma-separated)."""
+    value = cls.model_fields[field].default
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _per_regime(column: int) -> str:
+    return "the regime's: " + ", ".join(f"{v[column]} {k}" for k, v in REGIME_DEFAULTS.items())
+
+
 Model = Annotated[
     str | None,
     typer.Option(
         "--model",
-        help="Embedded name, local folder or hub id of a causal LM [smollm2-135m-instruct].",
+        help="Embedded name, local folder or hub id of a causal LM.",
+        show_default=_default(PAConfig, "model"),
     ),
 ]
 Text = Annotated[
     Path | None,
-    typer.Option("--text", help="UTF-8 text file (default: the built-in everyday corpus)."),
-]
-Layers = Annotated[
-    str | None,
     typer.Option(
-        "--layers", help="Comma-separated layer indices (hidden_states convention), e.g. 2,3,4."
+        "--text",
+        help="UTF-8 text file, split into sentences after . ? !",
+        show_default="the built-in everyday corpus",
     ),
 ]
-Seed = Annotated[int | None, typer.Option("--seed")]
-Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or stage messages.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")]
-Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | mps [cpu]")]
+Word = Annotated[
+    str | None,
+    typer.Option("--word", help="The word (needed here or in --config).", show_default="none"),
+]
+
+
+def _layers(default: str) -> object:
+    return typer.Option(
+        "--layers",
+        help="Comma-separated layer indices (hidden_states convention), e.g. 2,3,4.",
+        show_default=default,
+    )
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:
@@ -53,10 +68,11 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         raise InputError(f"{what} must be comma-separated integers, got '{text}'") from None
 
 
-def _base(cls, path: Path | None, **required):
-    if path is not None:
-        return cls.from_yaml(path)
-    return cls.from_dict({k: v for k, v in required.items() if v is not None})
+def _needs_word(word: str | None, config: Path | None) -> None:
+    from lucidml.errors import InputError
+
+    if word is None and config is None:
+        raise InputError("--word is required (or give 'word' in a --config file)")
 
 
 def _done(report: Path) -> None:
@@ -68,26 +84,51 @@ def rnn(
     regime: Annotated[
         str | None,
         typer.Option(
-            "--regime", help="one_chunk | several_chunks | probabilistic_chunks | hierarchy"
+            "--regime",
+            help="one_chunk | several_chunks | probabilistic_chunks | hierarchy",
+            show_default=_default(RNNConfig, "regime"),
         ),
     ] = None,
-    iters: Annotated[int | None, typer.Option("--iters", help="Training iterations.")] = None,
-    window: Annotated[int | None, typer.Option("--window", help="Training window.")] = None,
-    bins: Annotated[int | None, typer.Option("--bins", help="k-means levels per neuron.")] = None,
-    nonlinearity: Annotated[
-        str | None, typer.Option("--nonlinearity", help="linear | tanh")
+    iters: Annotated[
+        int | None,
+        typer.Option("--iters", help="Training iterations.", show_default=_per_regime(1)),
     ] = None,
-    graft_repeats: Annotated[int | None, typer.Option("--graft-repeats")] = None,
-    seed: Seed = None,
-    quiet: Quiet = False,
-    config: ConfigFile = None,
+    window: Annotated[
+        int | None,
+        typer.Option("--window", help="Training window.", show_default=_per_regime(0)),
+    ] = None,
+    bins: Annotated[
+        int | None,
+        typer.Option("--bins", help="k-means levels per neuron.", show_default=_per_regime(2)),
+    ] = None,
+    nonlinearity: Annotated[
+        str | None,
+        typer.Option(
+            "--nonlinearity",
+            help="linear | tanh",
+            show_default=_default(RNNConfig, "nonlinearity"),
+        ),
+    ] = None,
+    graft_repeats: Annotated[
+        int | None,
+        typer.Option(
+            "--graft-repeats",
+            help="several_chunks: repeats of the graft test.",
+            show_default=_default(RNNConfig, "graft_repeats"),
+        ),
+    ] = None,
     out: Out = None,
+    config: ConfigFile = None,
+    seed: Seed = None,
+    device: Device = None,
+    quiet: Quiet = False,
 ) -> None:
     """Train the Elman RNN on a planted-chunk regime and chunk its states (DSC)."""
-    set_verbosity(quiet)
+    start(quiet)
     from lucidml.chunking.api import rnn_job
 
-    cfg = _base(RNNConfig, config).updated(
+    cfg = RNNConfig.from_cli(
+        config,
         regime=regime,
         n_iters=iters,
         window=window,
@@ -95,32 +136,56 @@ def rnn(
         nonlinearity=nonlinearity,
         graft_repeats=graft_repeats,
         seed=seed,
+        device=device,
     )
     _done(rnn_job(cfg, out))
 
 
 @app.command()
 def pa(
-    word: Annotated[str | None, typer.Option("--word", help="The word to template.")] = None,
+    word: Word = None,
     model: Model = None,
     text: Text = None,
     steps: Annotated[
-        str | None, typer.Option("--steps", help="Comma-separated steps (-2..2) [-2,-1,0,1,2].")
+        str | None,
+        typer.Option(
+            "--steps",
+            help="Comma-separated steps (-2..2).",
+            show_default=_default(PAConfig, "steps"),
+        ),
     ] = None,
-    layers: Layers = None,
-    n_train: Annotated[int | None, typer.Option("--n-train")] = None,
-    select: Annotated[str | None, typer.Option("--select", help="accuracy | balanced")] = None,
+    layers: Annotated[str | None, _layers("every index 0..n")] = None,
+    n_train: Annotated[
+        int | None,
+        typer.Option(
+            "--n-train",
+            help="Occurrences the template is fit on.",
+            show_default=_default(PAConfig, "n_train"),
+        ),
+    ] = None,
+    select: Annotated[
+        str | None,
+        typer.Option(
+            "--select",
+            help="How tau is chosen: accuracy | balanced",
+            show_default=_default(PAConfig, "select"),
+        ),
+    ] = None,
+    out: Out = None,
+    config: ConfigFile = None,
     seed: Seed = None,
     device: Device = None,
     quiet: Quiet = False,
-    config: ConfigFile = None,
-    out: Out = None,
+    resume: Resume = False,
 ) -> None:
     """Fit PA templates for a word per step and layer; score them on held-out sentences."""
-    set_verbosity(quiet)
+    start(quiet)
+    _needs_word(word, config)
     from lucidml.chunking.api import pa_job
 
-    cfg = _base(PAConfig, config, word=word).updated(
+    cfg = PAConfig.from_cli(
+        config,
+        word=word,
         model=model,
         device=device,
         steps=_ints(steps, "--steps"),
@@ -129,40 +194,60 @@ def pa(
         select=select,
         seed=seed,
     )
-    _done(pa_job(cfg, text, out))
+    _done(pa_job(cfg, text, out, resume))
 
 
 @app.command()
 def graft(
-    word: Annotated[str | None, typer.Option("--word", help="The word to graft.")] = None,
+    word: Word = None,
     model: Model = None,
     prompts: Annotated[
         Path | None,
-        typer.Option("--prompts", help="One prompt per line (default: built-in prompts)."),
+        typer.Option(
+            "--prompts", help="One prompt per line.", show_default="the 16 built-in prompts"
+        ),
     ] = None,
     text: Text = None,
     templates: Annotated[
         Path | None,
-        typer.Option("--templates", help="A templates folder written by `lucid chunking pa`."),
+        typer.Option(
+            "--templates",
+            help="A templates folder written by `lucid chunking pa`.",
+            show_default="fit step-0 templates on --text",
+        ),
     ] = None,
-    layers: Layers = None,
+    layers: Annotated[str | None, _layers(_default(GraftConfig, "layers"))] = None,
     positions: Annotated[
         str | None,
-        typer.Option("--positions", help="Prompt positions to graft, e.g. -3,-2,-1 [-1]."),
+        typer.Option(
+            "--positions",
+            help="Prompt positions to graft, e.g. -3,-2,-1.",
+            show_default=_default(GraftConfig, "positions"),
+        ),
     ] = None,
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-new-tokens",
+            help="Tokens sampled per continuation, in both arms.",
+            show_default=_default(GraftConfig, "max_new_tokens"),
+        ),
+    ] = None,
+    out: Out = None,
+    config: ConfigFile = None,
     seed: Seed = None,
     device: Device = None,
     quiet: Quiet = False,
-    config: ConfigFile = None,
-    out: Out = None,
     resume: Resume = False,
 ) -> None:
     """Graft a word's templates into the prompt pass; compare word rates with a control."""
-    set_verbosity(quiet)
+    start(quiet)
+    _needs_word(word, config)
     from lucidml.chunking.api import graft_job
 
-    cfg = _base(GraftConfig, config, word=word).updated(
+    cfg = GraftConfig.from_cli(
+        config,
+        word=word,
         model=model,
         device=device,
         layers=_ints(layers, "--layers"),
@@ -177,21 +262,32 @@ def graft(
 def ucd(
     model: Model = None,
     text: Text = None,
-    layers: Layers = None,
-    chunks: Annotated[int | None, typer.Option("--chunks", help="Number of chunks K.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
+    layers: Annotated[str | None, _layers("the middle index, n // 2")] = None,
+    chunks: Annotated[
+        int | None,
+        typer.Option(
+            "--chunks", help="Number of chunks K.", show_default=_default(UCDConfig, "n_chunks")
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs", help="Training epochs.", show_default=_default(UCDConfig, "epochs")
+        ),
+    ] = None,
+    out: Out = None,
+    config: ConfigFile = None,
     seed: Seed = None,
     device: Device = None,
     quiet: Quiet = False,
-    config: ConfigFile = None,
-    out: Out = None,
     resume: Resume = False,
 ) -> None:
     """Learn unsupervised chunk embeddings (spherical k-means) per layer."""
-    set_verbosity(quiet)
+    start(quiet)
     from lucidml.chunking.api import ucd_job
 
-    cfg = _base(UCDConfig, config).updated(
+    cfg = UCDConfig.from_cli(
+        config,
         model=model,
         device=device,
         layers=_ints(layers, "--layers"),
@@ -200,3 +296,15 @@ def ucd(
         seed=seed,
     )
     _done(ucd_job(cfg, text, out, resume))
+
+
+@app.command()
+def demo(
+    out: Out = None, quick: Quick = False, device: Device = None, quiet: Quiet = False
+) -> None:
+    """RNN regimes, PA, grafting and UCD on the embedded SmolLM2; writes report.html."""
+    start(quiet)
+    from lucidml.chunking.api import demo as run
+    from lucidml.core.runs import run_dir_path
+
+    _done(run(run_dir_path("chunking", out), quick=quick, device=device))

@@ -4,6 +4,10 @@ Index map (as Hugging Face ``hidden_states``): H^0 is the embedding output = the
 of ``layers[0]``; H^l is the output of ``layers[l-1]`` = the input of ``layers[l]``; H^n
 is the final-norm output. Each sentence runs on its own (with BOS), right-padded in
 batches; padding is dropped, so row t of every H^l is one real token.
+
+The states are read by hooks on the residual stream (``lucidml.core.hooks``), and the
+forward pass stops once the highest requested index is read: collecting index 15 of a
+30-block model costs half a pass, and no pass computes the vocabulary logits.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lucidml.core.hooks import capture, decoder_blocks, resid_module
 from lucidml.core.progress import track
 from lucidml.errors import InputError
 
@@ -65,6 +70,34 @@ def encode_sentences(tokenizer, sentences: Sequence[str]) -> list[list[int]]:
     return out
 
 
+class _Enough(Exception):
+    """Raised in the block after the highest requested index: the rest is not needed."""
+
+
+def _stop(_module, _args):
+    raise _Enough
+
+
+def residual_states(model, input_ids, attention_mask, layers: Sequence[int]):
+    """{index: H^l (B, T, d)} of one batch, running the blocks only up to max(layers)."""
+    sites = {ell: resid_module(model, ell) for ell in layers}
+    blocks = decoder_blocks(model)[1]
+    last = max(layers)
+    # the base model (no LM head) when there is one: its hidden states are all we read
+    body = getattr(model, "base_model", model)
+    with capture(model, list(sites.values())) as acts:
+        # registered after capture's hooks, so block `last` has its input read before this
+        stop = blocks[last].register_forward_pre_hook(_stop) if last < len(blocks) else None
+        try:
+            body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _Enough:
+            pass
+        finally:
+            if stop is not None:
+                stop.remove()
+    return {ell: acts[site] for ell, site in sites.items()}
+
+
 @torch.no_grad()
 def collect(
     model,
@@ -95,11 +128,9 @@ def collect(
         for row, i in enumerate(batch):
             ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
             mask[row, : len(encoded[i])] = 1
-        out = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True
-        )
+        states = residual_states(model, ids.to(device), mask.to(device), layers)
         for ell in layers:
-            h = out.hidden_states[ell].float().cpu()
+            h = states[ell].float().cpu()
             for row, i in enumerate(batch):  # right padding: the real tokens come first
                 rows[ell][i] = h[row, : len(encoded[i])]
     stacked = {ell: torch.cat(rows[ell]) for ell in layers}  # back in sentence order

@@ -9,7 +9,6 @@ from pydantic import Field
 from lucidml.core.config import Config
 from lucidml.core.zoo import LLM_DEFAULT
 
-Device = Literal["auto", "cpu", "cuda", "mps"]
 Regime = Literal["one_chunk", "several_chunks", "probabilistic_chunks", "hierarchy"]
 
 # per regime: (window, n_iters, bins, decoder_train_steps), from the paper's table
@@ -26,6 +25,9 @@ class RNNConfig(Config):
 
     regime: Regime = "one_chunk"
     seed: int = 0
+    # auto | cpu | cuda | cuda:N | mps, checked by resolve_device; the 12-unit RNN and DSC
+    # run on the CPU whatever it names (docs/chunking.md, "Devices and dtypes")
+    device: str = "auto"
     hidden_size: int = 12
     lr: float = 0.005
     nonlinearity: Literal["linear", "tanh"] = "linear"
@@ -57,7 +59,7 @@ class PAConfig(Config):
     """Fit PA templates for one word on a text and score them on held-out sentences."""
 
     model: str = LLM_DEFAULT
-    device: Device = "cpu"
+    device: str = "auto"
     word: str
     steps: list[int] = [-2, -1, 0, 1, 2]
     layers: list[int] | None = None  # None: every index 0..n_layers
@@ -73,7 +75,7 @@ class GraftConfig(Config):
     """Graft a word's templates into the prompt pass and count the word in generations."""
 
     model: str = LLM_DEFAULT
-    device: Device = "cpu"
+    device: str = "auto"
     word: str
     layers: list[int] = list(range(2, 10))
     positions: list[int] = [-1]  # the last prompt token
@@ -92,7 +94,7 @@ class UCDConfig(Config):
     """Learn unsupervised chunk embeddings per layer; test loss on held-out sentences."""
 
     model: str = LLM_DEFAULT
-    device: Device = "cpu"
+    device: str = "auto"
     layers: list[int] | None = None  # None: the middle index
     n_chunks: int = Field(2000, ge=1)
     lr: float = 1e-2

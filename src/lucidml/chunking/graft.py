@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from lucidml.chunking.pa import Template
-from lucidml.core.progress import track
 from lucidml.core.hooks import n_layers, patch, resid_module
+from lucidml.core.progress import track
 from lucidml.errors import InputError
 
 
@@ -117,19 +117,38 @@ def generate(
                 add_special_tokens=False,
             ).to(model.device)
             torch.manual_seed(seed + b)
-            gen = model.generate(
-                **enc,
-                do_sample=True,
-                top_p=top_p,
-                temperature=temperature,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+            tokens = track(range(max_new_tokens), "new tokens")
+            try:
+                gen = model.generate(
+                    **enc,
+                    do_sample=True,
+                    top_p=top_p,
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    stopping_criteria=[_Ticks(tokens)],
+                )
+            finally:
+                tokens.close()  # ends the bar, also when generation stopped early
             new = gen[:, enc["input_ids"].shape[1] :]
             out += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
     return out
+
+
+class _Ticks:
+    """A stopping criterion that advances a progress bar once per generated token and never
+    stops generation; it draws no random numbers, so the samples are a plain ``generate``'s.
+    (``generate`` calls any callable in ``stopping_criteria``; not subclassing
+    ``transformers.StoppingCriteria`` keeps transformers out of the RNN commands' imports.)"""
+
+    def __init__(self, ticks):
+        self.ticks = ticks
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        next(self.ticks, None)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def _as_prompt(tokenizer, prompt: str, chat: bool) -> str:

@@ -170,6 +170,43 @@ class Template:
         """Boolean (T,): rows whose deviation is at most theta."""
         return self.score(H) <= self.theta
 
+    def fields(self) -> dict:
+        """Everything but the two tensors, JSON-able (the sweep records are left out)."""
+        return {
+            "theta": self.theta,
+            "tau": self.tau,
+            "n_occurrences": self.n_occurrences,
+            "train_positions": self.train_positions.tolist(),
+            "meta": {k: v for k, v in self.meta.items() if k != "sweep"},
+        }
+
+    @classmethod
+    def from_fields(cls, mask: torch.Tensor, mean: torch.Tensor, fields: dict) -> Template:
+        return cls(
+            mask=mask.bool(),
+            mean=mean.float(),
+            theta=fields["theta"],
+            tau=fields["tau"],
+            train_positions=np.array(fields["train_positions"], dtype=np.int64),
+            n_occurrences=fields["n_occurrences"],
+            meta=dict(fields.get("meta", {})),
+        )
+
+    def to_json(self) -> dict:
+        """The whole template as JSON (the mask as indices), for resumable items."""
+        return {
+            **self.fields(),
+            "width": self.mask.numel(),
+            "mask": self.mask.nonzero().flatten().tolist(),
+            "mean": self.mean.float().tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Template:
+        mask = torch.zeros(data["width"], dtype=torch.bool)
+        mask[torch.tensor(data["mask"], dtype=torch.long)] = True
+        return cls.from_fields(mask, torch.tensor(data["mean"], dtype=torch.float32), data)
+
     def full_vector(self, fill: torch.Tensor | None = None) -> torch.Tensor:
         """A d-vector holding mu on the mask and ``fill`` (default 0) elsewhere."""
         out = torch.zeros(self.mask.numel()) if fill is None else fill.clone().float()
@@ -307,19 +344,7 @@ class TemplateBank:
         for i, ((word, step, layer), t) in enumerate(sorted(self.templates.items())):
             tensors[f"{i}.mask"] = t.mask.to(torch.uint8).contiguous()
             tensors[f"{i}.mean"] = t.mean.float().contiguous()
-            entries.append(
-                {
-                    "id": i,
-                    "word": word,
-                    "step": step,
-                    "layer": layer,
-                    "theta": t.theta,
-                    "tau": t.tau,
-                    "n_occurrences": t.n_occurrences,
-                    "train_positions": t.train_positions.tolist(),
-                    "meta": {k: v for k, v in t.meta.items() if k != "sweep"},
-                }
-            )
+            entries.append({"id": i, "word": word, "step": step, "layer": layer, **t.fields()})
         atomic_write_bytes(folder / "templates.safetensors", save(tensors))
         write_json(folder / "templates.json", {"info": self.info, "templates": entries})
         return folder
@@ -341,13 +366,8 @@ class TemplateBank:
         tensors = load_file(str(data_path))
         bank = cls(info=meta.get("info", {}))
         for e in meta["templates"]:
-            bank[(e["word"], e["step"], e["layer"])] = Template(
-                mask=tensors[f"{e['id']}.mask"].bool(),
-                mean=tensors[f"{e['id']}.mean"],
-                theta=e["theta"],
-                tau=e["tau"],
-                train_positions=np.array(e["train_positions"]),
-                n_occurrences=e["n_occurrences"],
-                meta=e.get("meta", {}),
+            i = e["id"]
+            bank[(e["word"], e["step"], e["layer"])] = Template.from_fields(
+                tensors[f"{i}.mask"], tensors[f"{i}.mean"], e
             )
         return bank

@@ -17,6 +17,7 @@ import torch
 
 from lucidml.chunking import dsc
 from lucidml.chunking.rnn import Encoding, TrainedRNN, fit_windows
+from lucidml.core.progress import track
 from lucidml.errors import InputError
 
 
@@ -76,7 +77,7 @@ def graft_learning_curves(
         return inputs.masked_fill(inputs == at_id, feed_id), {t: h_graft for t in where}
 
     curves = {"control": [], "graft": []}
-    for r in range(repeats):
+    for r in track(range(repeats), "graft repeats"):
         for arm in curves:
             model = copy.deepcopy(base.model)
             rng = np.random.default_rng(seed + r)  # both arms see the same windows

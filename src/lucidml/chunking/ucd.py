@@ -59,28 +59,34 @@ def fit(
     lr: float = 1e-2,
     batch_size: int = 64,
     epochs: int = 100,
+    device: str = "cpu",
 ) -> ChunkModel:
-    """Learn ``n_chunks`` chunk embeddings for the rows of ``H`` (T, d)."""
-    X = _unit_rows(H)
+    """Learn ``n_chunks`` chunk embeddings for the rows of ``H`` (T, d) on ``device``.
+
+    The random start and the batch order are drawn on the CPU, so they do not depend
+    on the device.
+    """
+    X = _unit_rows(H).to(device)
     T = len(X)
     if n_chunks < 1 or n_chunks > T:
         raise InputError(f"n_chunks must be in 1..{T} (the number of states), got {n_chunks}")
     gen = torch.Generator().manual_seed(seed)
-    centers = torch.randn(n_chunks, X.shape[1], generator=gen).requires_grad_(True)
+    start = torch.randn(n_chunks, X.shape[1], generator=gen)
+    centers = start.to(device).requires_grad_(True)
     opt = torch.optim.Adam([centers], lr=lr)
     losses, dead_log, reseeded = [], [], 0
     for _ in track(range(epochs), f"UCD, {n_chunks} chunks", total=epochs):
-        wins = torch.zeros(n_chunks, dtype=torch.bool)
-        total = 0.0
-        for idx in torch.randperm(T, generator=gen).split(batch_size):
+        wins = torch.zeros(n_chunks, dtype=torch.bool, device=device)
+        total = torch.zeros((), device=device)  # summed on the device: no sync per batch
+        for idx in torch.randperm(T, generator=gen).to(device).split(batch_size):
             best, arg = best_cosine(X[idx], centers)
             loss = -best.mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             wins[arg] = True
-            total += -loss.item() * len(idx)
-        losses.append(-total / T)
+            total += best.detach().sum()
+        losses.append(-float(total) / T)
         dead = (~wins).nonzero().flatten()
         dead_log.append(len(dead))
         if reseed_dead and len(dead):
@@ -91,5 +97,5 @@ def fit(
             reseeded += len(dead)
     with torch.no_grad():
         final = F.normalize(centers.detach(), dim=1)
-        assignments = best_cosine(X, final)[1].numpy()
-    return ChunkModel(final, assignments, losses, dead_log, reseeded)
+        assignments = best_cosine(X, final)[1].cpu().numpy()
+    return ChunkModel(final.cpu(), assignments, losses, dead_log, reseeded)
