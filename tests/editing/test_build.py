@@ -293,3 +293,36 @@ def test_build_from_dumps_removes_its_folder_when_a_dump_is_bad(tmp_path):
     )
     assert (folder / "snapshots" / "old" / wikidata.TRIPLES).is_file()
     assert manifest
+
+
+def test_a_killed_build_resumes_without_asking_the_llm_again(tmp_path):
+    dumps = [
+        facts_dump(tmp_path / "old.json", OLD, LABELS, PROPS),
+        facts_dump(tmp_path / "new.json", NEW, LABELS, PROPS),
+    ]
+    asked = []
+
+    def llm(prompt):
+        if len(asked) == 7 and not llm.resumed:
+            raise RuntimeError("killed")
+        asked.append(prompt)
+        return "Who, in truth, runs " + prompt.split("of ")[-1].split("?")[0] + "?"
+
+    llm.name, llm.resumed = "mock", False
+    cfg = BuildConfig(llm_min_similarity=0)  # no MiniLM here
+    with pytest.raises(RuntimeError, match="killed"):
+        api.build(dumps, tmp_path / "bench", cfg, llm=llm)
+    answers = tmp_path / "bench" / "llm_answers.jsonl"
+    assert answers.read_text().count("\n") == 7
+    llm.resumed = True
+    with pytest.raises(InputError, match="seed"):  # another config: refused, nothing written
+        api.build(dumps, tmp_path / "bench", cfg.updated(seed=1), llm=llm, resume=True)
+    assert BuildConfig.from_yaml(tmp_path / "bench" / "config.yaml").seed == 0
+    folder, _ = api.build(dumps, tmp_path / "bench", cfg, llm=llm, resume=True)
+    total = len(asked)  # 7 before the kill, the rest after it: none asked twice
+    assert len(set(asked)) == total > 7
+    records = (folder / "timestep_000.jsonl").read_text()
+    assert "Who, in truth, runs Freedonia?" in records
+    asked.clear()
+    again, _ = api.build(dumps, tmp_path / "fresh", cfg, llm=llm)
+    assert len(asked) == total and (again / "timestep_000.jsonl").read_text() == records

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from lucidml.cli import main
 from lucidml.editing import api
@@ -79,7 +80,8 @@ def test_bad_inputs_exit_2_with_one_sentence(tmp_path, capsys, tiny_lm):
     for args, message in cases:
         assert lucid(*args) == 2, args
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and message in err and "Traceback" not in err
+        last = err.strip().splitlines()[-1]  # stage messages may come first
+        assert last.startswith("error: ") and message in last and "Traceback" not in err
     assert not any((tmp_path / f"o{i}").exists() for i in (2, 3, 4, 5, 6))
     assert (
         lucid(
@@ -148,3 +150,92 @@ def test_run_on_tiny_model_then_resume(tmp_path, capsys, tiny_lm):
 def test_help(flag, capsys):
     assert lucid("editing", flag) == 0
     assert "demo" in capsys.readouterr().out
+
+
+def _tiny_folder(tiny_lm, path):
+    model, tok = tiny_lm
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_config_file_settings_survive_the_command_line_defaults(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        api, "run", lambda cfg, out, resume=False: seen.append(cfg) or {"final": {}}
+    )
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "method: rag\nmodel: some/model\ndevice: cpu\nseed: 7\nskip_known: true\n"
+        "hparams: {top_k: 3}\n"
+    )
+    assert lucid("editing", "run", "--config", str(cfg)) == 0
+    got = seen[-1]
+    assert (got.method, got.model, got.device, got.seed, got.skip_known) == (
+        "rag",
+        "some/model",
+        "cpu",
+        7,
+        True,
+    )
+    assert got.hparams == {"top_k": 3}
+    # options given on the command line win, and --hparam adds to the file's hparams
+    args = ("--config", str(cfg), "--seed", "3", "--edit-known", "--hparam", "encoder=x")
+    assert lucid("editing", "run", *args) == 0
+    got = seen[-1]
+    assert (got.method, got.seed, got.skip_known) == ("rag", 3, False)
+    assert got.hparams == {"top_k": 3, "encoder": "x"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_unavailable_device_is_one_line_and_writes_nothing(tmp_path, capsys, tiny_lm):
+    tiny = str(_tiny_folder(tiny_lm, tmp_path / "tiny"))
+    snaps = [str(s) for s in api.embedded_snapshots()]
+    commands = [
+        ("editing", "run", "--method", "ft", "--model", tiny, "--device", "cuda"),
+        ("editing", "build", "--old", snaps[0], "--new", snaps[1], "--device", "cuda"),
+        ("editing", "demo", "--quick", "--device", "cuda"),
+    ]
+    for i, args in enumerate(commands):
+        assert lucid(*args, "--out", str(tmp_path / f"o{i}")) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: device 'cuda' is not available")
+        assert not (tmp_path / f"o{i}").exists()
+
+
+def test_resume_with_another_config_is_refused_before_writing(tmp_path, capsys, tiny_lm):
+    tiny = str(_tiny_folder(tiny_lm, tmp_path / "tiny"))
+    run = ("editing", "run", "--model", tiny, "--max-edits", "2", "--seed", "5")
+    run += ("--out", str(tmp_path / "run"))
+    args = (*run, "--method", "lora_merge", "--hparam", "epochs=1")
+    assert lucid(*args) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["env"]["device"] == "cpu" and results["env"]["seed"] == 5
+    stored = (tmp_path / "run" / "config.yaml").read_bytes()
+    capsys.readouterr()
+    assert lucid(*run, "--resume", "--method", "rag") == 2  # as a reviewer tried
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method" in err[0] and '"lora_merge"' in err[0]
+    assert (tmp_path / "run" / "config.yaml").read_bytes() == stored
+    assert lucid(*args, "--resume", "--hparam", "epochs=2") == 2
+    assert "hparams.epochs" in capsys.readouterr().err
+    assert lucid(*args, "--resume", "--device", "cpu") == 0  # the device may change
+
+
+def test_build_config_file_seed_and_device_survive(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_build(snapshots, out, cfg, resume=False):
+        seen.append((cfg, resume))
+        return out, {"timesteps": []}
+
+    monkeypatch.setattr(api, "build", fake_build)
+    cfg = tmp_path / "build.yaml"
+    cfg.write_text("seed: 5\ndevice: cpu\nllm_min_similarity: 0.5\n")
+    snaps = [str(s) for s in api.embedded_snapshots()]
+    args = ("editing", "build", "--old", snaps[0], "--new", snaps[1], "--config", str(cfg))
+    assert lucid(*args, "--resume") == 0
+    got, resume = seen[-1]
+    assert (got.seed, got.device, got.llm_min_similarity, resume) == (5, "cpu", 0.5, True)
+    assert lucid(*args, "--seed", "2") == 0
+    assert (seen[-1][0].seed, seen[-1][0].device) == (2, "cpu")

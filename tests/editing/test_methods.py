@@ -194,6 +194,23 @@ def test_rag_retrieves_own_fact_and_rephrase(tiny_lm):
     assert top_k_cosine(np.eye(3), np.eye(3)[::-1], 1).ravel().tolist() == [2, 1, 0]
 
 
+def test_rag_memory_survives_a_checkpoint(tiny_lm, tmp_path):
+    """Checkpoints load with weights_only: the memory must be tensors and plain values."""
+    from lucidml.core.runs import Run
+
+    model, tok = tiny_lm
+    editor = methods.get("rag", embedder=hashing_embedder)
+    editor.apply(model, tok, FACTS)
+    run = Run("editing", tmp_path / "run")
+    run.checkpoint("state", {"editor": editor.state_dict()})
+    restored = methods.get("rag", embedder=hashing_embedder)
+    restored.load_state_dict(run.resume("state")["editor"])
+    question = ["which city is peru governed from ?"]
+    assert restored.memory == editor.memory and restored.contexts(question) == editor.contexts(
+        question
+    )
+
+
 @pytest.fixture
 def corpus(tmp_path):
     words = " ".join(f"the capital of {c} is {a} ." for c, a in CAPITALS.items())
@@ -287,3 +304,31 @@ def test_missing_layer_is_a_model_error(tiny_lm, corpus):
         methods.get("memit", layers=[0], module="model.layers.{}.mlp.nope").apply(
             model, tok, FACTS[:1]
         )
+
+
+def test_activations_stop_after_the_last_site_and_stay_exact(tiny_lm):
+    model, tok = tiny_lm  # 3 decoder layers
+    assert locate._last_module(model, ["model.layers.0.mlp.down_proj", "model.layers.1"]) == (
+        "model.layers.1"
+    )
+    assert locate._last_module(model, ["model.layers.0.mlp", "model.layers.1.mlp.down_proj"]) == (
+        "model.layers.1.mlp.down_proj"
+    )
+    two_in_one = ["model.layers.1.mlp.down_proj", "model.layers.1.self_attn"]
+    assert locate._last_module(model, two_in_one) == "model.layers.1"
+    assert locate._last_module(model, ["model.norm"]) is None  # after the blocks: run all
+    records = [{"update": "what is the capital of peru ?", "ans": "lima", "subject": "peru"}]
+    eb = locate.edit_batch(tok, records, locate.LocateConfig().prefixes)
+    sites = [locate.Site("model.layers.0.mlp.down_proj", pre=True), "model.layers.1"]
+    ran = []
+    handle = model.model.layers[2].register_forward_hook(lambda *_: ran.append(2))
+    try:
+        key, out = locate.subject_acts(model, sites, eb)
+    finally:
+        handle.remove()
+    assert ran == []  # layer 2 never ran
+    with torch.no_grad():
+        hidden = model(**{"input_ids": eb.inputs.input_ids}, output_hidden_states=True)
+    rows = torch.arange(len(eb.subject_pos))
+    full = hidden.hidden_states[2][rows, eb.subject_pos].mean(0)  # output of block 1
+    assert torch.allclose(out[0], full, atol=1e-5) and key.shape[-1] > 0

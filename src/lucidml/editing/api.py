@@ -1,22 +1,36 @@
-"""Public verbs: parse a dump, build a benchmark, run a method through the lifelong loop, demo."""
+"""Public verbs: parse a dump, build a benchmark, run a method through the lifelong loop, demo.
+
+The torch-based modules (methods, the lifelong loop) and the report are imported by the
+verbs that use them, so ``parse`` and ``build`` start without loading torch.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from importlib import resources
 from pathlib import Path
 
-from lucidml.core.config import seed_everything
-from lucidml.core.report import Report
-from lucidml.core.runs import Run, make_run_dir, run_dir_path, write_json
+from lucidml.core import distributed
+from lucidml.core.config import Config, resolve_device, seed_everything
+from lucidml.core.progress import get_logger
+from lucidml.core.runs import (
+    Run,
+    environment,
+    make_run_dir,
+    read_json,
+    run_dir_path,
+    write_json,
+    write_yaml,
+)
 from lucidml.editing import build as B
-from lucidml.editing import methods, wikidata
-from lucidml.editing.config import BuildConfig, EvalConfig, RunConfig
-from lucidml.editing.lifelong import run_lifelong
+from lucidml.editing import wikidata
+from lucidml.editing.config import BuildConfig, EvalConfig, ParseConfig, RunConfig
 from lucidml.editing.questions import Templates
 from lucidml.errors import InputError, LucidError
 
+log = get_logger("editing")
 METRICS = ("rewrite", "rephrase", "personas", "mhop", "loc_gold", "loc_agree", "past")
 
 
@@ -26,23 +40,49 @@ def embedded_snapshots() -> list[Path]:
     return sorted(Path(str(f)) for f in folder.iterdir() if f.name.endswith(".jsonl"))
 
 
-def parse(
-    dump: str | Path,
-    out: str | Path | None = None,
-    on_error: str = "stop",
-    processes: int = 1,
-    best_rank: bool = True,
-) -> tuple[Path, dict]:
-    """Parse one dump into a snapshot folder (triples and labels as Parquet), streaming.
+def parse(cfg: ParseConfig, out: str | Path | None = None, resume: bool = False):
+    """Parse ``cfg.dump`` into a snapshot folder (triples and labels as Parquet).
 
-    The folder appears only once the whole dump has parsed, so a bad dump leaves nothing.
+    Runs as one process or sharded over many (``accelerate launch``); see
+    ``wikidata.parse_dump``. The folder appears only once the whole dump has parsed, so a
+    bad dump leaves nothing. With ``resume`` the parts of a killed parse are reused, and
+    a folder that already holds this very parse is kept as it is. Returns (folder, stats);
+    stats is None on processes other than the main one.
     """
+    if cfg.dump is None:
+        raise InputError("no dump to parse: pass --dump FILE (or dump: in the --config file)")
+    if out is None and distributed.world_size() > 1:
+        raise InputError(
+            "pass --out when parsing with several processes, so they all write one folder"
+        )
     folder = run_dir_path("editing", out)
+    return folder, _parse_into(cfg, folder, resume)
+
+
+def _parse_into(cfg: ParseConfig, folder: Path, resume: bool) -> dict | None:
+    """Parse into ``folder`` and write its config.yaml and results.json (main process)."""
+    results = folder / "results.json"
+    if resume and results.is_file() and Path(cfg.dump).is_file():
+        stored = read_json(results)
+        key = wikidata.parse_key(Path(cfg.dump), cfg.block_bytes, cfg.best_rank, cfg.on_error)
+        if stored.get("key") == key:
+            log.info("%s already holds this parse of %s", folder, cfg.dump)
+            return stored if distributed.is_main_process() else None
     stats = wikidata.parse_dump(
-        dump, folder, on_error=on_error, processes=processes, best_rank=best_rank
+        cfg.dump,
+        folder,
+        on_error=cfg.on_error,
+        processes=cfg.processes,
+        best_rank=cfg.best_rank,
+        block_bytes=cfg.block_bytes,
+        resume=resume,
     )
-    write_json(folder / "results.json", {"dump": str(dump), **stats})
-    return folder, stats
+    if stats is None:  # not the main process: the main one merges and writes
+        return None
+    write_yaml(folder / "config.yaml", cfg)
+    stats = {"dump": cfg.dump, **stats, "processes": distributed.world_size()}
+    write_json(results, stats)
+    return stats
 
 
 def _check_snapshot(path: str | Path) -> Path:
@@ -55,24 +95,67 @@ def _check_snapshot(path: str | Path) -> Path:
     return path
 
 
+def first_difference(stored: dict, new: dict, prefix: str = "") -> tuple[str, object, object]:
+    """The first (dotted field, stored value, new value) where two config dicts differ."""
+    for key in dict.fromkeys([*stored, *new]):
+        a, b = stored.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = first_difference(a, b, f"{prefix}{key}.")
+            if found[0]:
+                return found
+        elif a != b:
+            return f"{prefix}{key}", a, b
+    return "", None, None
+
+
+def check_resume(folder: Path, cfg: Config, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to resume the run in ``folder`` with a config other than its stored one,
+    before anything is written; fields in ``ignore`` may change (e.g. the device)."""
+    stored_file = folder / "config.yaml"
+    if not stored_file.is_file():
+        return
+    stored = type(cfg).from_yaml(stored_file).model_dump(mode="json")
+    new = cfg.model_dump(mode="json")
+    for name in ignore:
+        stored.pop(name, None)
+        new.pop(name, None)
+    field, old, now = first_difference(stored, new)
+    if field:
+        raise InputError(
+            f"cannot resume {folder}: it was run with {field} = {json.dumps(old)}, this "
+            f"config has {field} = {json.dumps(now)} (drop --resume to start over elsewhere)"
+        )
+
+
 def build(
     snapshots: list[str | Path],
     out: str | Path | None = None,
     cfg: BuildConfig | None = None,
     llm=None,
+    resume: bool = False,
 ) -> tuple[Path, dict]:
     """Timesteps from consecutive snapshots (dump files or parsed folders).
 
-    Inputs are checked before the output folder is made. Dump files are parsed
-    (streaming) into ``<out>/snapshots/<name>``; if one fails, a folder this call made
-    is removed again.
+    Inputs and the device are checked before the output folder is made. Dump files are
+    parsed into ``<out>/snapshots/<name>``; if one fails, a folder this call made is
+    removed again. ``llm`` is a QuestionLLM callable; without one, ``cfg.llm`` names a
+    causal LM to load (on ``cfg.device``). Its answers are kept in ``llm_answers.jsonl``,
+    so ``resume`` continues a killed build without asking again (greedy decoding gives
+    the same text), and reuses the parsed snapshots.
     """
+    from lucidml.editing.questions import CachedQuestionLLM
+
     cfg = cfg or BuildConfig()
     if len(snapshots) < 2:
         raise InputError("building a benchmark needs at least two snapshots (old and new)")
     paths = [_check_snapshot(s) for s in snapshots]
     Templates.load(cfg.templates)
+    device = resolve_device(cfg.device)
     target = run_dir_path("editing", out)
+    if resume:
+        check_resume(target, cfg, ignore=("device",))
+    if llm is None and cfg.llm:
+        llm = _question_llm(cfg.llm, device)
     made = not target.exists()
     folder = make_run_dir("editing", target)
     try:
@@ -80,14 +163,29 @@ def build(
         for path in paths:
             if path.is_file():
                 parsed = folder / "snapshots" / path.name.split(".")[0]
-                wikidata.parse_dump(path, parsed, best_rank=cfg.best_rank)
+                _parse_into(ParseConfig(dump=str(path), best_rank=cfg.best_rank), parsed, resume)
                 path = parsed
             folders.append(path)
     except LucidError:
         if made:
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    return folder, B.build_benchmark(folders, folder, cfg, llm)
+    write_yaml(folder / "config.yaml", cfg)
+    answers = folder / "llm_answers.jsonl"
+    if not resume:
+        answers.unlink(missing_ok=True)
+    if llm is not None:
+        llm = CachedQuestionLLM(llm, answers)
+    manifest = B.build_benchmark(folders, folder, cfg, llm, device)
+    return folder, manifest
+
+
+def _question_llm(name: str, device: str):
+    from lucidml.core.zoo import load_llm
+    from lucidml.editing.questions import TransformersQuestionLLM
+
+    log.info("loading the question LLM %s on %s", name, device)
+    return TransformersQuestionLLM(*load_llm(name, device=device), name=name)
 
 
 def embedded_benchmark(out: str | Path) -> Path:
@@ -102,28 +200,49 @@ def run(
     model=None,
     tokenizer=None,
     editor=None,
-    progress=None,
+    resume: bool = False,
 ) -> dict:
-    """Run one method through the lifelong loop; resumes if ``out`` holds a checkpoint."""
+    """Run one method through the lifelong loop, checkpointing after every timestep.
+
+    Everything is checked before the run folder is written: the method and its
+    hyperparameters, the benchmark, the device, and (with ``resume``) that the folder's
+    stored config is this one, the device aside. Without ``resume`` a folder that holds
+    a run is refused. The model stays float32 on every device (see docs/editing.md).
+    """
     from lucidml.core.zoo import load_llm
+    from lucidml.editing import methods
+    from lucidml.editing.lifelong import run_lifelong
 
     editor = editor or methods.get(cfg.method, **cfg.hparams)
     bench_dir = Path(cfg.benchmark) if cfg.benchmark else None
     timesteps = B.load_benchmark(bench_dir) if bench_dir else None
+    device = resolve_device(cfg.device)
+    target = run_dir_path("editing", out)
+    if resume:
+        check_resume(target, cfg, ignore=("device",))
+    elif (target / "checkpoints").is_dir():
+        raise InputError(f"{target} already holds a run; pass --resume to continue it")
     seed_everything(cfg.seed)
     if model is None:
-        model, tokenizer = load_llm(cfg.model, device=cfg.device)
+        log.info("loading %s on %s", cfg.model, device)
+        model, tokenizer = load_llm(cfg.model, device=device)
     editor.check(model)
-    r = Run("editing", out, cfg)
+    r = Run("editing", target, cfg)
     if timesteps is None:
         timesteps = B.load_benchmark(embedded_benchmark(r / "benchmark"))
     if cfg.max_edits is not None:
         timesteps = [ts[: cfg.max_edits] for ts in timesteps]
+    log.info("%s on %s: %d timesteps", cfg.method, cfg.model, len(timesteps))
     result = run_lifelong(
-        model, tokenizer, editor, timesteps, cfg.eval, r, cfg.skip_known, cfg.seed, progress
+        model, tokenizer, editor, timesteps, cfg.eval, r, cfg.skip_known, cfg.seed
     )
     result.pop("model")
-    results = {"method": cfg.method, "model": cfg.model, **result}
+    results = {
+        "method": cfg.method,
+        "model": cfg.model,
+        **result,
+        "env": environment(device, cfg.seed),
+    }
     r.write_results(json_safe(results))
     _report(f"WikiBigEdit: {cfg.method} on {cfg.model}", {cfg.method: results}).save(r.path)
     return results
@@ -153,8 +272,10 @@ def _fmt_row(name: str, result: dict) -> dict:
     return row
 
 
-def _report(title: str, results: dict[str, dict]) -> Report:
+def _report(title: str, results: dict[str, dict]):
     import matplotlib.pyplot as plt
+
+    from lucidml.core.report import Report
 
     rep = Report(title)
     rep.heading("Running means after the last timestep")
@@ -195,43 +316,58 @@ def _report(title: str, results: dict[str, dict]) -> Report:
     return rep
 
 
-def demo(out_dir: Path, quick: bool = False) -> Path:
-    """Build the embedded benchmark and run every method on SmolLM2; writes report.html."""
-    from lucidml.core.zoo import load_llm
+# The quick demo (the tour's) keeps one method of each family: training (LoRA), retrieval
+# (RAG) and locate-then-edit (MEMIT), on fewer edits with shorter recipes.
+QUICK_METHODS = ("lora", "rag", "memit")
+QUICK_EDITS = 4  # per timestep
+QUICK_CANARY_TOKENS = 512  # the canary costs as much as scoring the edits: a quarter of it
+QUICK_HPARAMS = {"lora": {"epochs": 2}, "memit": {"v_steps": 10}}
 
+
+def demo(out_dir: Path, quick: bool = False, device: str | None = None) -> Path:
+    """Build the embedded benchmark and run every method on SmolLM2 (``quick``: LoRA, RAG
+    and MEMIT on 4 edits per timestep with short recipes); writes report.html."""
+    from lucidml.core.zoo import load_llm
+    from lucidml.editing import methods
+
+    device = resolve_device(device)
     out_dir = Path(out_dir)
     bench = embedded_benchmark(out_dir / "benchmark")
-    model, tok = load_llm()
+    model, tok = load_llm(device=device)
     base = {n: p.detach().clone() for n, p in model.state_dict().items()}
-    # quick: a few edits per timestep and short recipes, to stay within minutes on 2 cores
-    max_edits = 4 if quick else None
-    quick_hp = {
-        "ft": {"epochs": 2},
-        "lora": {"epochs": 2},
-        "lora_merge": {"epochs": 2},
-        "rome": {"v_steps": 10},
-        "memit": {"v_steps": 10},
-    }
     # The reference rate 5e-3 * bs/256 assumes thousands of edits per timestep; with a few
     # dozen there are only a handful of optimiser steps, so the demo uses the base 5e-3.
     demo_hp = {"lora": {"lr": 5e-3}, "lora_merge": {"lr": 5e-3}}
+    names = QUICK_METHODS if quick else tuple(methods.METHODS)
     results = {}
-    for name in methods.METHODS:
+    for name in names:
         model.load_state_dict(base)
-        hp = {**demo_hp.get(name, {}), **(quick_hp.get(name, {}) if quick else {})}
+        hp = {**demo_hp.get(name, {}), **(QUICK_HPARAMS.get(name, {}) if quick else {})}
         cfg = RunConfig(
             method=name,
             benchmark=str(bench),
             hparams=hp,
-            max_edits=max_edits,
-            eval=EvalConfig(past_max=4 if quick else 1000),
+            max_edits=QUICK_EDITS if quick else None,
+            eval=EvalConfig(past_max=QUICK_EDITS, canary_tokens=QUICK_CANARY_TOKENS)
+            if quick
+            else EvalConfig(),
+            device=device,
         )
         results[name] = run(cfg, out_dir / "runs" / name, model=model, tokenizer=tok)
     summary = {m: {"final": r["final"], "bwt": r["bwt"], "R": r["R"]} for m, r in results.items()}
-    write_json(out_dir / "results.json", json_safe({"quick": quick, "methods": summary}))
-    rep = _report("WikiBigEdit demo: every method on SmolLM2-135M", results)
+    write_json(
+        out_dir / "results.json",
+        json_safe({"quick": quick, "methods": summary, "env": environment(device, 0)}),
+    )
+    title = "every method" if not quick else "one method of each family"
+    rep = _report(f"WikiBigEdit demo: {title} on SmolLM2-135M", results)
     rep.text(
         f"Benchmark: {bench} (embedded snapshots 2022-06 -> 2023-06 -> 2024-11)."
-        + (" Quick mode: 4 edits per timestep, shortened recipes." if quick else "")
+        + (
+            f" Quick mode: {', '.join(QUICK_METHODS)} only, {QUICK_EDITS} edits per timestep, "
+            "shortened recipes; `lucid editing demo` runs all six methods on every edit."
+            if quick
+            else ""
+        )
     )
     return rep.save(out_dir)

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lucidml.core.progress import get_logger, track
 from lucidml.core.runs import atomic_write_text, write_json
 from lucidml.editing import questions as Q
 from lucidml.editing import wikidata
 from lucidml.editing.config import BuildConfig
 from lucidml.errors import InputError
 
+log = get_logger("editing")
 _LATIN = re.compile(r"[A-Za-z\u00C0-\u024F]")
 _META_PREFIXES = ("category:", "template:")
 
@@ -196,8 +198,12 @@ def build_timestep(
     timestep: int = 0,
     cfg: BuildConfig | None = None,
     llm: Q.QuestionLLM | None = None,
+    device: str = "cpu",
 ) -> tuple[list[dict], dict]:
-    """Records for the changes between two parsed snapshots, and build statistics."""
+    """Records for the changes between two parsed snapshots, and build statistics.
+
+    ``device`` is where the similarity encoder runs that checks LLM rewrites.
+    """
     cfg = cfg or BuildConfig()
     templates = Q.Templates.load(cfg.templates)
     labels = wikidata.read_labels(old_dir, new_dir)
@@ -219,9 +225,12 @@ def build_timestep(
     if llm is not None and cfg.llm_min_similarity > 0:
         from lucidml.core.zoo import load_sentence_encoder
 
-        similarity = Q.encoder_similarity(load_sentence_encoder(cfg.similarity_encoder))
+        encoder = load_sentence_encoder(cfg.similarity_encoder, device=device)
+        similarity = Q.encoder_similarity(encoder)
+    log.info("timestep %d: %d changes, %d pass the filters", timestep, len(changes), len(kept))
     records = []
-    for edit in kept.itertuples(index=False):
+    edits = kept.itertuples(index=False)
+    for edit in track(edits, f"timestep {timestep} records", total=len(kept)):
         rec = make_record(edit, labels, templates, cfg, timestep, llm, similarity)
         if rec is None:
             dropped["question_filter"] = dropped.get("question_filter", 0) + 1
@@ -263,8 +272,12 @@ def build_benchmark(
     out_dir: str | Path,
     cfg: BuildConfig | None = None,
     llm: Q.QuestionLLM | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """One timestep per consecutive pair of parsed snapshots; writes ``benchmark.json``."""
+    """One timestep per consecutive pair of parsed snapshots; writes ``benchmark.json``.
+
+    ``device`` is where the similarity encoder runs (the LLM runs where it was loaded).
+    """
     cfg = cfg or BuildConfig()
     if len(snapshots) < 2:
         raise InputError("building a benchmark needs at least two snapshots (old and new)")
@@ -274,7 +287,7 @@ def build_benchmark(
     out = Path(out_dir)
     steps = []
     built = [
-        build_timestep(a, b, t, cfg, llm)
+        build_timestep(a, b, t, cfg, llm, device)
         for t, (a, b) in enumerate(zip(snapshots[:-1], snapshots[1:], strict=True))
     ]
     for t, (records, stats) in enumerate(built):

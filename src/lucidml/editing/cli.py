@@ -1,4 +1,8 @@
-"""``lucid editing``: parse dumps, build a benchmark, run a method, demo."""
+"""``lucid editing``: parse dumps, build a benchmark, run a method, demo.
+
+Options that set a config field default to None, so a ``--config`` file's value is
+never replaced by a default; ``--help`` shows the effective default.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,70 @@ from typing import Annotated
 
 import typer
 
+from lucidml.core.options import ConfigFile, Device, Out, Quick, Quiet, Resume, Seed, start
 from lucidml.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, help="WikiBigEdit: lifelong knowledge editing.")
 
-Out = Annotated[Path | None, typer.Option("--out", help="Output folder.")]
-
 
 @app.command()
 def parse(
-    dump: Annotated[Path, typer.Option("--dump", help="Wikidata JSON dump (.json, .gz, .bz2).")],
+    dump: Annotated[
+        Path | None,
+        typer.Option(
+            "--dump", help="Wikidata JSON dump (.json, .gz, .bz2).", show_default="the config's"
+        ),
+    ] = None,
     out: Out = None,
-    skip_bad_lines: Annotated[bool, typer.Option(help="Skip malformed lines, else stop.")] = False,
-    processes: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    config: ConfigFile = None,
+    skip_bad_lines: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-bad-lines/--stop-at-bad-lines",
+            help="Skip malformed lines, or stop at the first.",
+            show_default="stop",
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(help="Worker processes per launched process.", show_default="1"),
+    ] = None,
     best_rank: Annotated[
-        bool, typer.Option(help="Keep only preferred statements when a property has any.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--best-rank/--all-ranks",
+            help="Keep only preferred statements when a property has any.",
+            show_default="best-rank",
+        ),
+    ] = None,
+    block_bytes: Annotated[
+        int | None,
+        typer.Option(help="Bytes of dump per work item.", show_default="4194304, 4 MiB"),
+    ] = None,
+    quiet: Quiet = False,
+    resume: Resume = False,
 ) -> None:
-    """Parse a dump into a snapshot folder (triples.parquet, labels.parquet)."""
-    from lucidml.editing import api
+    """Parse a dump into a snapshot folder (triples.parquet, labels.parquet).
 
-    folder, stats = api.parse(dump, out, "skip" if skip_bad_lines else "stop", processes, best_rank)
+    Shards over processes under `accelerate launch --num_processes N -m lucidml editing
+    parse ... --out DIR`; the output does not depend on the number of processes.
+    """
+    start(quiet)
+    from lucidml.editing import api
+    from lucidml.editing.config import ParseConfig
+
+    on_error = None if skip_bad_lines is None else ("skip" if skip_bad_lines else "stop")
+    cfg = ParseConfig.from_cli(
+        config,
+        dump=str(dump) if dump else None,
+        on_error=on_error,
+        processes=processes,
+        best_rank=best_rank,
+        block_bytes=block_bytes,
+    )
+    folder, stats = api.parse(cfg, out, resume)
+    if stats is None:  # not the main process
+        return
     skipped = stats["skipped_lines"]
     typer.echo(
         f"{stats['triples']} triples, {stats['labels']} labels -> {folder}"
@@ -44,34 +91,47 @@ def build(
         typer.Option("--new", help="Newer snapshot(s), oldest first; repeat for more timesteps."),
     ],
     out: Out = None,
-    templates: Annotated[Path | None, typer.Option(help="JSON question templates.")] = None,
-    seed: int = 0,
+    config: ConfigFile = None,
+    templates: Annotated[
+        Path | None, typer.Option(help="JSON question templates.", show_default="bundled")
+    ] = None,
     llm: Annotated[
         str | None,
-        typer.Option(help="Causal LM for rephrasings and personas (e.g. smollm2-135m-instruct)."),
+        typer.Option(
+            help="Causal LM for rephrasings and personas (e.g. smollm2-135m-instruct).",
+            show_default="none: templates only",
+        ),
     ] = None,
     llm_min_similarity: Annotated[
-        float,
-        typer.Option(help="LLM rewrites need this MiniLM cosine to the template (0: off)."),
-    ] = 0.75,
+        float | None,
+        typer.Option(
+            help="LLM rewrites need this MiniLM cosine to the template (0: off).",
+            show_default="0.75",
+        ),
+    ] = None,
+    seed: Seed = None,
+    device: Device = None,
+    quiet: Quiet = False,
+    resume: Resume = False,
 ) -> None:
-    """Build benchmark timesteps from consecutive snapshots."""
+    """Build benchmark timesteps from consecutive snapshots.
+
+    --resume continues a killed build in --out: parsed snapshots and the question LLM's
+    answers so far are reused.
+    """
+    start(quiet)
     from lucidml.editing import api
     from lucidml.editing.config import BuildConfig
-    from lucidml.editing.questions import Templates, TransformersQuestionLLM
 
-    cfg = BuildConfig(
+    cfg = BuildConfig.from_cli(
+        config,
         templates=str(templates) if templates else None,
-        seed=seed,
+        llm=llm,
         llm_min_similarity=llm_min_similarity,
+        seed=seed,
+        device=device,
     )
-    Templates.load(cfg.templates)
-    question_llm = None
-    if llm:
-        from lucidml.core.zoo import load_llm
-
-        question_llm = TransformersQuestionLLM(*load_llm(llm), name=llm)
-    folder, manifest = api.build([old, *new], out, cfg, question_llm)
+    folder, manifest = api.build([old, *new], out, cfg, resume=resume)
     for step in manifest["timesteps"]:
         typer.echo(
             f"timestep {step['timestep']}: {step['kept']} records of "
@@ -80,77 +140,100 @@ def build(
     typer.echo(f"benchmark -> {folder}")
 
 
-@app.command()
-def run(
-    method: Annotated[
-        str, typer.Option("--method", help="ft, lora, lora_merge, rag, rome, memit.")
-    ] = "lora",
-    model: Annotated[str, typer.Option("--model", help="Embedded name, folder or hub id.")] = (
-        "smollm2-135m-instruct"
-    ),
-    benchmark: Annotated[
-        Path | None, typer.Option(help="Benchmark folder; default: the embedded one.")
-    ] = None,
-    out: Out = None,
-    config: Annotated[Path | None, typer.Option(help="YAML RunConfig.")] = None,
-    hparam: Annotated[
-        list[str] | None,
-        typer.Option(help="Method hyperparameter key=value (JSON value), repeatable."),
-    ] = None,
-    max_edits: Annotated[int | None, typer.Option(help="Edits per timestep.")] = None,
-    skip_known: bool = False,
-    resume: Annotated[bool, typer.Option(help="Continue a run in --out.")] = False,
-    device: str = "cpu",
-) -> None:
-    """Apply the timesteps in order with one method, evaluating after each."""
-    from lucidml.editing import api, methods
-    from lucidml.editing.config import RunConfig
-
-    cfg = RunConfig.from_yaml(config) if config else RunConfig()
-    hp = dict(cfg.hparams)
-    for item in hparam or []:
+def _hparams(items: list[str]) -> dict:
+    out = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError(f"--hparam '{item}' must look like key=value")
         try:
-            hp[key] = json.loads(value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            hp[key] = value
-    cfg = cfg.updated(
+            out[key] = value
+    return out
+
+
+@app.command()
+def run(
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method", help="ft, lora, lora_merge, rag, rome, memit.", show_default="lora"
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Embedded name, folder or hub id.", show_default="smollm2-135m-instruct"
+        ),
+    ] = None,
+    benchmark: Annotated[
+        Path | None, typer.Option(help="Benchmark folder.", show_default="the embedded one")
+    ] = None,
+    out: Out = None,
+    config: ConfigFile = None,
+    hparam: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Method hyperparameter key=value (JSON value), repeatable; added to the "
+            "config's hparams.",
+            show_default="the method's",
+        ),
+    ] = None,
+    max_edits: Annotated[
+        int | None, typer.Option(help="Edits per timestep.", show_default="all")
+    ] = None,
+    skip_known: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-known/--edit-known",
+            help="Skip edits the model already knows before their timestep.",
+            show_default="edit-known",
+        ),
+    ] = None,
+    seed: Seed = None,
+    device: Device = None,
+    quiet: Quiet = False,
+    resume: Resume = False,
+) -> None:
+    """Apply the timesteps in order with one method, evaluating after each."""
+    start(quiet)
+    from lucidml.editing import api
+    from lucidml.editing.config import RunConfig
+
+    cli_hparams = _hparams(hparam or [])
+    cfg = RunConfig.from_cli(
+        config,
         method=method,
         model=model,
-        hparams=hp,
-        max_edits=max_edits,
         benchmark=str(benchmark) if benchmark else None,
+        max_edits=max_edits,
+        skip_known=skip_known,
+        seed=seed,
         device=device,
-        skip_known=skip_known or cfg.skip_known,
     )
-    methods.get(cfg.method, **cfg.hparams)  # validate before anything is written
-    if benchmark is not None:
-        from lucidml.editing.build import load_benchmark
-
-        load_benchmark(benchmark)
-    if out is not None and (out / "checkpoints").is_dir() and not resume:
-        raise InputError(f"{out} already holds a run; pass --resume to continue it")
-
-    def progress(t, row):
-        typer.echo(
-            f"timestep {t}: rewrite {row['rewrite']:.3f}  "
-            f"loc {row.get('loc_gold', float('nan')):.3f}  past {row['past']:.3f}"
-        )
-
-    results = api.run(cfg, out, progress=progress)
+    if cli_hparams:
+        cfg = cfg.updated(hparams={**cfg.hparams, **cli_hparams})
+    results = api.run(cfg, out, resume=resume)  # checks everything before it writes
     typer.echo(f"final: {json.dumps({k: round(v, 3) for k, v in results['final'].items()})}")
 
 
 @app.command()
 def demo(
     out: Out = None,
-    quick: Annotated[bool, typer.Option(help="A few edits per timestep (minutes).")] = False,
+    quick: Quick = False,
+    device: Device = None,
+    quiet: Quiet = False,
 ) -> None:
-    """Every method on the embedded benchmark with SmolLM2; writes report.html."""
+    """Every method on the embedded benchmark with SmolLM2; writes report.html.
+
+    --quick runs one method of each family (LoRA, RAG, MEMIT) on 4 edits per timestep.
+    """
+    start(quiet)
+    from lucidml.core.config import resolve_device
     from lucidml.core.runs import make_run_dir
     from lucidml.editing import api
 
-    path = api.demo(make_run_dir("editing", out), quick=quick)
+    resolved = resolve_device(device)  # before the run folder is made
+    path = api.demo(make_run_dir("editing", out), quick=quick, device=resolved)
     typer.echo(f"report -> {path}")

@@ -18,6 +18,17 @@ PROPERTY_BLOCKLIST = ("P31", "P279", "P910", "P1343", "P373", "P1424", "P5008", 
 MHOP_BLOCKLIST = ("P31", "P279", "P123", "P17", "P361", "P1343", "P910")
 
 
+BLOCK_BYTES = 1 << 22  # a parse work item: the dump lines that start in 4 MiB
+
+
+class ParseConfig(Config):
+    dump: str | None = None  # the dump file (required; --dump)
+    on_error: Literal["stop", "skip"] = "stop"  # a malformed line stops the parse, or is skipped
+    processes: int = Field(1, ge=1)  # worker processes of each launched process
+    best_rank: bool = True  # a property with preferred statements keeps only those
+    block_bytes: int = Field(BLOCK_BYTES, ge=1)
+
+
 class BuildConfig(Config):
     max_object_words: int = 5
     min_label_chars: int = 2
@@ -34,6 +45,8 @@ class BuildConfig(Config):
     # LLM rewrites must stay this close (cosine) to the template question; 0 turns it off
     llm_min_similarity: float = 0.75
     similarity_encoder: str = "minilm-l6"
+    llm: str | None = None  # causal LM proposing rephrasings and personas; None = templates
+    device: str = "auto"  # where the question LLM and the similarity encoder run
     seed: int = 0
 
 
@@ -44,6 +57,7 @@ class EvalConfig(Config):
     exact_match: bool = False  # also greedy exact match (<= |answer| + 8 new tokens)
     # perplexity of general prose before and after each timestep: a collapse alarm
     canary: bool = True
+    canary_tokens: int = Field(2048, ge=2)  # of the prose, scored in windows of 256
 
 
 class RunConfig(Config):
@@ -54,5 +68,5 @@ class RunConfig(Config):
     max_edits: int | None = None  # per timestep; None = all
     skip_known: bool = False  # one policy for every editor (the reference: RAG only)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    device: str = "cpu"
+    device: str = "auto"
     seed: int = 0

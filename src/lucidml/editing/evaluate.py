@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lucidml.core.progress import track
 from lucidml.editing.config import EvalConfig
 
 # The shot is about an entity no Wikidata stream edits. An entity that edits touch (our
@@ -139,7 +140,7 @@ def score(
     ctx = _contexts(len(questions), contexts, few_shot)
     device = next(model.parameters()).device
     acc, preds = [], []
-    for i in range(0, len(questions), batch_size):
+    for i in track(range(0, len(questions), batch_size), "scoring batches"):
         sl = slice(i, i + batch_size)
         b = encode(tokenizer, questions[sl], answers[sl], ctx[sl], padding_side).to(device)
         logits = model(

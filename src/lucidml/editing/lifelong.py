@@ -13,11 +13,13 @@ import time
 
 import torch
 
+from lucidml.core.progress import get_logger, track
 from lucidml.core.runs import Run, atomic_write_text
 from lucidml.editing.config import EvalConfig
 from lucidml.editing.evaluate import canary_text, evaluate_records, perplexity
 
 STATE_KEY = "state"
+log = get_logger("editing")
 
 
 def backward_transfer(R: list[list[float]]) -> float:
@@ -52,7 +54,7 @@ def _weight_drift(model, initial: dict[str, torch.Tensor]) -> float:
     total = 0.0
     for name, p in model.named_parameters():
         if name in initial:
-            total += float((p.detach() - initial[name]).double().pow(2).sum())
+            total += float((p.detach() - initial[name]).float().pow(2).sum())
     return math.sqrt(total)
 
 
@@ -73,7 +75,6 @@ def run_lifelong(
     run: Run | None = None,
     skip_known: bool = False,
     seed: int = 0,
-    progress=None,
 ) -> dict:
     """Run ``editor`` over the timesteps; checkpoints after each one when ``run`` is given.
 
@@ -81,6 +82,7 @@ def run_lifelong(
     finished timestep. Returns per-timestep rows, running means, R and BWT.
     """
     eval_cfg = eval_cfg or EvalConfig()
+    editor.check(model)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows: list[dict] = []
     R: list[list[float]] = []
@@ -94,13 +96,15 @@ def run_lifelong(
         editor.load_state_dict(state["editor"])
         rows, R, start = state["rows"], state["R"], state["next_timestep"]
     canary = canary_text() if eval_cfg.canary else None
-    for t in range(start, len(timesteps)):
+    for t in track(range(start, len(timesteps)), "timesteps"):
         records = timesteps[t]
         pre, pre_details = evaluate_records(model, tokenizer, records, eval_cfg, editor.contexts)
         if canary is not None:
             # weights do not change between timesteps: the last post value is this pre value
             last = rows[-1].get("canary_ppl") if rows else None
-            pre["canary_ppl"] = last if last is not None else perplexity(model, tokenizer, canary)
+            if last is None:
+                last = perplexity(model, tokenizer, canary, max_tokens=eval_cfg.canary_tokens)
+            pre["canary_ppl"] = last
         to_apply = records
         if skip_known:
             to_apply = [r for r, a in zip(records, pre_details["rewrite"], strict=True) if a < 1]
@@ -116,7 +120,9 @@ def run_lifelong(
             loc_reference=pre_details["loc_predictions"],
         )
         if canary is not None:
-            post["canary_ppl"] = perplexity(model, tokenizer, canary)
+            post["canary_ppl"] = perplexity(
+                model, tokenizer, canary, max_tokens=eval_cfg.canary_tokens
+            )
         R_row = []
         for j in range(t):
             sample = past_sample(timesteps[j], eval_cfg.past_max, seed, j)
@@ -148,19 +154,23 @@ def run_lifelong(
             }
         )
         if run is not None:
-            run.checkpoint(
-                STATE_KEY,
-                {
-                    "next_timestep": t + 1,
-                    "rows": rows,
-                    "R": R,
-                    "model": _changed_params(model, initial),
-                    "editor": editor.state_dict(),
-                },
-            )
+            state = {
+                "next_timestep": t + 1,
+                "rows": rows,
+                "R": R,
+                "model": _changed_params(model, initial),
+                "editor": editor.state_dict(),
+            }
+            run.checkpoint(STATE_KEY, _on_cpu(state))  # resumable on another device
             atomic_write_text(run / "metrics.jsonl", "".join(_json_line(r) for r in rows))
-        if progress is not None:
-            progress(t, rows[-1])
+        log.info(
+            "timestep %d: %d edits, rewrite %.3f, loc_gold %.3f, past %.3f",
+            t,
+            len(to_apply),
+            post["rewrite"],
+            post.get("loc_gold", math.nan),
+            past,
+        )
     keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("timestep", "n_edits", "n")))
     return {
         "timesteps": rows,
@@ -170,6 +180,17 @@ def run_lifelong(
         "final": running_means(rows, keys)[-1] if rows else {},
         "model": model,
     }
+
+
+def _on_cpu(obj):
+    """The same nested state with every tensor moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 def _json_line(row: dict) -> str:

@@ -221,6 +221,45 @@ def persona_instruction(question: str, style: str) -> str:
     )
 
 
+class CachedQuestionLLM:
+    """A QuestionLLM whose answers are appended to a JSON-lines file and replayed from it.
+
+    A killed build resumes without asking the LLM again: answers are keyed by the LLM's
+    name and the prompt (decoding is greedy, so a prompt always gets the same answer).
+    Each answer is one line, written and flushed at once; a line torn by a kill is ignored.
+    """
+
+    def __init__(self, llm: QuestionLLM, path: str | Path):
+        self.llm, self.path = llm, Path(path)
+        self.name = getattr(llm, "name", "llm")
+        self.answers: dict[str, str] = {}
+        text = self.path.read_text() if self.path.is_file() else ""
+        if text and not text.endswith("\n"):  # end a torn last line before appending
+            with open(self.path, "a") as f:
+                f.write("\n")
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.answers[entry["key"]] = entry["text"]
+
+    def _key(self, prompt: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"{self.name}\0{prompt}".encode()).hexdigest()
+
+    def __call__(self, prompt: str) -> str:
+        key = self._key(prompt)
+        if key not in self.answers:
+            self.answers[key] = self.llm(prompt)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"key": key, "text": self.answers[key]}) + "\n")
+                f.flush()
+        return self.answers[key]
+
+
 class TransformersQuestionLLM:
     """A QuestionLLM over any transformers causal LM: greedy decoding of one line.
 

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 
 from lucidml.core.config import Config
+from lucidml.core.progress import track
 from lucidml.editing.evaluate import FEW_SHOT, encode
 
 
@@ -31,7 +32,11 @@ class Editor(ABC):
         """Edit ``model`` with ``records``; return the edited model."""
 
     def check(self, model) -> None:
-        """Raise ModelError if the model lacks what this editor needs (before any work)."""
+        """Raise ModelError if the model lacks what this editor needs (before any work).
+
+        Called again when a stream starts; an editor with a model of its own (RAG's
+        encoder) puts it on this model's device.
+        """
         return None
 
     def contexts(self, questions: list[str]) -> list[str] | None:
@@ -89,7 +94,7 @@ def train_on_answers(
     model.train()
     losses = []
     try:
-        for _ in range(cfg.epochs):
+        for _ in track(range(cfg.epochs), "training epochs"):
             order = torch.randperm(len(records), generator=gen).tolist()
             epoch = []
             for i in range(0, len(records), cfg.batch_size):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lucidml.core.config import Config
-from lucidml.core.hooks import Site, capture, get_module, n_layers, patch
+from lucidml.core.hooks import Site, capture, decoder_blocks, get_module, n_layers, patch
+from lucidml.core.progress import track
 from lucidml.editing.evaluate import FEW_SHOT, encode_texts, format_example
 from lucidml.editing.methods.base import Editor
 from lucidml.errors import ModelError
@@ -33,6 +35,13 @@ class LocateConfig(Config):
     corpus_tokens: int = 8000  # reference: 100k Wikipedia samples
     stats_dir: str | None = None  # None = $LUCID_HOME/editing/stats
     seed: int = 0
+
+
+def float64_device(device) -> torch.device:
+    """Where the float64 statistics and solves run: the model's device, except on Apple
+    GPUs, which have no float64 (there the CPU)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 def edit_module(model, cfg: LocateConfig, layer: int) -> str:
@@ -153,10 +162,52 @@ def _at_subject(x: torch.Tensor, eb: EditBatch) -> torch.Tensor:
     return x[torch.arange(len(x), device=x.device), eb.subject_pos]
 
 
+class _Stop(Exception):
+    pass
+
+
+def _last_module(model, names: list[str]) -> str | None:
+    """The module after whose forward every named module has run: the deepest one, or its
+    decoder block when several share that block (None: the whole model has to run)."""
+    try:
+        prefix, _ = decoder_blocks(model)
+    except ModelError:
+        return None
+    layer = {}
+    for name in names:
+        m = re.fullmatch(rf"{re.escape(prefix)}\.(\d+)(\..+)?", name)
+        if m is None:
+            return None
+        layer[name] = int(m.group(1))
+    deepest = max(layer.values())
+    last = [name for name, i in layer.items() if i == deepest]
+    return last[0] if len(last) == 1 else f"{prefix}.{deepest}"
+
+
+@contextlib.contextmanager
+def _forward_until(model, sites: list):
+    """Stop a forward pass inside this block once every site has been seen: the layers
+    above would compute what nobody reads (on SmolLM2, MEMIT's top layer 8 is 9 of 30)."""
+    last = _last_module(model, [s.module if isinstance(s, Site) else s for s in sites])
+    if last is None:
+        yield
+        return
+
+    def stop(*_):
+        raise _Stop
+
+    handle = get_module(model, last).register_forward_hook(stop)
+    try:
+        with contextlib.suppress(_Stop):
+            yield
+    finally:
+        handle.remove()
+
+
 def subject_acts(model, sites: list, eb: EditBatch) -> list[torch.Tensor]:
     """Each site's activation at the subject's last token, averaged per record over the
-    edit rows (n_records, d), all from one forward pass."""
-    with torch.no_grad(), capture(model, sites) as acts:
+    edit rows (n_records, d), all from one forward pass that stops after the last site."""
+    with torch.no_grad(), capture(model, sites) as acts, _forward_until(model, sites):
         _forward(model, eb.inputs)
     return [eb.record_mean(_at_subject(acts[site], eb)) for site in sites]
 
@@ -299,10 +350,6 @@ def read_corpus(path: str | None) -> list[str]:
     return [p.strip() for p in text.split("\n\n") if p.strip()]
 
 
-class _Stop(Exception):
-    pass
-
-
 @torch.no_grad()
 def key_covariance(
     model, tokenizer, modules: list[str], texts: list[str], max_tokens: int, window: int = 128
@@ -312,28 +359,20 @@ def key_covariance(
     The forward pass stops after the deepest requested module, so early layers are cheap.
     """
     device = next(model.parameters()).device
+    exact = float64_device(device)
     sums = {m: None for m in modules}
     count = 0
-    last = max(modules, key=lambda m: [int(x) for x in m.split(".") if x.isdigit()])
     ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"][:max_tokens]
-
-    def stop(*_):
-        raise _Stop
-
-    handle = get_module(model, last).register_forward_hook(stop)
-    try:
-        for i in range(0, len(ids), window):
-            chunk = torch.tensor([ids[i : i + window]], device=device)
-            sites = [Site(m, pre=True) for m in modules]
-            with capture(model, sites) as acts, contextlib.suppress(_Stop):
-                model(input_ids=chunk)
-            for m in modules:
-                k = acts[Site(m, pre=True)][0].double()
-                s = k.T @ k
-                sums[m] = s if sums[m] is None else sums[m] + s
-            count += chunk.shape[1]
-    finally:
-        handle.remove()
+    sites = [Site(m, pre=True) for m in modules]
+    for i in track(range(0, len(ids), window), "key covariance"):
+        chunk = torch.tensor([ids[i : i + window]], device=device)
+        with capture(model, sites) as acts, _forward_until(model, sites):
+            model(input_ids=chunk)
+        for m in modules:
+            k = acts[Site(m, pre=True)][0].to(exact).double()
+            s = k.T @ k
+            sums[m] = s if sums[m] is None else sums[m] + s
+        count += chunk.shape[1]
     return {m: (s / count).cpu() for m, s in sums.items()}
 
 

@@ -6,12 +6,14 @@ import torch
 from pydantic import Field
 
 from lucidml.core.hooks import Site, get_module
+from lucidml.core.progress import track
 from lucidml.editing.methods.locate import (
     CovarianceEditor,
     LocateConfig,
     cached_covariance,
     edit_batch,
     edit_module,
+    float64_device,
     optimize_deltas,
     subject_acts,
 )
@@ -65,20 +67,23 @@ class MEMIT(CovarianceEditor):
         if self.cov is None:
             self.cov = cached_covariance(model, tokenizer, modules, cfg)
         device = next(model.parameters()).device
+        exact = float64_device(device)
         chunks = [records[i : i + cfg.z_batch] for i in range(0, len(records), cfg.z_batch)]
-        z = torch.cat(
-            [torch.add(*optimize_deltas(model, tokenizer, c, top, cfg)) for c in chunks]
-        ).double()
+        targets = [
+            torch.add(*optimize_deltas(model, tokenizer, c, top, cfg))
+            for c in track(chunks, "MEMIT targets")
+        ]
+        z = torch.cat(targets).to(exact).double()
         batches = [edit_batch(tokenizer, c, cfg.prefixes, device) for c in chunks]
-        for i, module in enumerate(modules):
+        for i, module in enumerate(track(modules, "MEMIT layers")):
             # keys at this layer and the top layer's output, from one pass per batch
             acts = [subject_acts(model, [Site(module, pre=True), top], b) for b in batches]
-            K = torch.cat([k for k, _ in acts]).double().T
-            h = torch.cat([out for _, out in acts]).double()
+            K = torch.cat([k for k, _ in acts]).to(exact).double().T
+            h = torch.cat([out for _, out in acts]).to(exact).double()
             R = (z - h).T / (len(modules) - i)
             weight = get_module(model, module).weight
             lam = cfg.mom2_weight if cfg.mom2_weight is not None else key_scaled(len(K))
-            dw = memit_update(R, K, self.cov[module].to(K.device), lam)
+            dw = memit_update(R, K, self.cov[module].to(exact), lam)
             with torch.no_grad():
-                weight += dw.to(weight.dtype)
+                weight += dw.to(weight.device, weight.dtype)
         return model

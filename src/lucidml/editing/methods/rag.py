@@ -39,6 +39,7 @@ class RAG(Editor):
     def __init__(self, embedder: Embedder | None = None, **hparams):
         super().__init__(**hparams)
         self._embedder = embedder
+        self.device = "cpu"  # the edited model's, once check() has seen it
         self.memory: list[tuple[str, str]] = []
         self.keys = np.zeros((0, 0), dtype=np.float32)
 
@@ -46,11 +47,14 @@ class RAG(Editor):
         if self._embedder is None:
             from lucidml.core.zoo import load_sentence_encoder
 
-            encoder = load_sentence_encoder(self.config.encoder)
+            encoder = load_sentence_encoder(self.config.encoder, device=self.device)
             self._embedder = lambda xs: encoder.encode(
                 xs, convert_to_numpy=True, normalize_embeddings=True
             )
         return np.asarray(self._embedder(texts), dtype=np.float32)
+
+    def check(self, model):
+        self.device = str(next(model.parameters()).device)
 
     def apply(self, model, tokenizer, records):
         if records:
@@ -72,7 +76,10 @@ class RAG(Editor):
         return [rag_context(pairs) for pairs in self.retrieve(questions)]
 
     def state_dict(self):
-        return {"memory": self.memory, "keys": self.keys}
+        import torch
+
+        # a tensor, not an array: checkpoints load with weights_only, which refuses NumPy
+        return {"memory": self.memory, "keys": torch.from_numpy(self.keys)}
 
     def load_state_dict(self, state):
-        self.memory, self.keys = list(state["memory"]), state["keys"]
+        self.memory, self.keys = [tuple(p) for p in state["memory"]], state["keys"].numpy()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 from lucidml.core.hooks import get_module
+from lucidml.core.progress import track
 from lucidml.editing.methods.locate import (
     CovarianceEditor,
     LocateConfig,
     cached_covariance,
     edit_batch,
     edit_module,
+    float64_device,
     keys_at,
     optimize_deltas,
 )
@@ -31,7 +33,7 @@ def rome_update(W: torch.Tensor, C: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 
 def regularised(C: torch.Tensor, ridge: float) -> torch.Tensor:
-    return C + ridge * C.diagonal().mean() * torch.eye(len(C), dtype=C.dtype)
+    return C + ridge * C.diagonal().mean() * torch.eye(len(C), dtype=C.dtype, device=C.device)
 
 
 class ROME(CovarianceEditor):
@@ -44,17 +46,20 @@ class ROME(CovarianceEditor):
     def apply(self, model, tokenizer, records):
         cfg = self.config
         module = edit_module(model, cfg, cfg.layer)
+        weight = get_module(model, module).weight
+        exact = float64_device(weight.device)
         if self.cov is None:
             self.cov = regularised(
                 cached_covariance(model, tokenizer, [module], cfg)[module], cfg.ridge
             )
-        weight = get_module(model, module).weight
-        for record in records:
+        self.cov = self.cov.to(exact)  # once per timestep (a resumed C comes on the CPU)
+        for record in track(records, "ROME edits"):
             _, delta = optimize_deltas(model, tokenizer, [record], module, cfg)
             eb = edit_batch(tokenizer, [record], cfg.prefixes, weight.device)
-            k = keys_at(model, module, eb)[0]
-            v = weight.detach().double() @ k.double() + delta[0].double()
-            dw = rome_update(weight.detach().double(), self.cov.to(k.device), k.double(), v)
+            k = keys_at(model, module, eb)[0].to(exact).double()
+            W = weight.detach().to(exact).double()
+            v = W @ k + delta[0].to(exact).double()
+            dw = rome_update(W, self.cov, k, v)
             with torch.no_grad():
-                weight += dw.to(weight.dtype)
+                weight += dw.to(weight.device, weight.dtype)
         return model
