@@ -264,3 +264,11 @@ def test_two_launched_processes_split_the_items_and_the_main_one_merges(tmp_path
     assert out["world"] == 2
     assert [m["value"] for m in out["merged"]] == [f"ITEM{k}" for k in range(9)]
     assert [m["by"] for m in out["merged"]] == [k % 2 for k in range(9)]
+
+
+def test_a_worker_stops_waiting_when_its_launcher_is_gone(monkeypatch, tmp_path):
+    from lucidml.errors import LucidError
+
+    monkeypatch.setattr(distributed, "_launcher_pid", os.getppid() + 1)  # not our parent
+    with pytest.raises(LucidError, match="launcher of this process is gone"):
+        distributed.wait_for([tmp_path / "never"], poll=0.01)

@@ -41,12 +41,17 @@ def _launched() -> bool:
     return False
 
 
+_launcher_pid: int | None = None  # the parent that started this process, under a launcher
+
+
 @functools.cache
 def _state():
     """accelerate's PartialState, created only under a launcher (importing accelerate
     costs seconds that a plain single-process command does not need)."""
+    global _launcher_pid
     if not _launched():
         return None
+    _launcher_pid = os.getppid()
     import torch
     from accelerate import PartialState
 
@@ -136,13 +141,25 @@ def pending(items: Iterable[T], store: ItemStore, key: Callable[[T], str]) -> li
 
 
 def wait_for(paths: Sequence[Path], poll: float = 0.5, on_wait: Callable | None = None) -> None:
-    """Block until every path exists (items other processes are still computing)."""
+    """Block until every path exists (items other processes are still computing).
+
+    Under a launcher, a process whose launcher has gone stops waiting with an error:
+    torchrun starts each worker in its own session, so killing the launcher alone would
+    otherwise leave the workers waiting for items nobody computes."""
+    _state()  # records the launcher's pid under a launcher
     missing = [p for p in paths if not p.is_file()]
     if missing and on_wait is not None:
         on_wait(len(missing))
     while missing:
         time.sleep(poll)
         missing = [p for p in missing if not p.is_file()]
+        if missing and _launcher_pid is not None and os.getppid() != _launcher_pid:
+            from lucidml.errors import LucidError
+
+            raise LucidError(
+                f"the launcher of this process is gone while {len(missing)} items were still "
+                "missing; rerun the command with --resume to finish them"
+            )
 
 
 def gather(
