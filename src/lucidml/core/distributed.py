@@ -57,9 +57,11 @@ def _state():
 
     # Without GPUs (or under ``--cpu``) accelerate only joins the processes when asked
     # for CPU explicitly; otherwise each would believe it is alone and do all the work.
-    on_cpu = not torch.cuda.is_available() or os.environ.get(
-        "ACCELERATE_USE_CPU", ""
-    ).lower() in ("1", "true", "yes")
+    on_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
     return PartialState(cpu=on_cpu)
 
 
