@@ -316,12 +316,14 @@ def _report(title: str, results: dict[str, dict]):
     return rep
 
 
-# The quick demo (the tour's) keeps one method of each family: training (LoRA), retrieval
-# (RAG) and locate-then-edit (MEMIT), on fewer edits with shorter recipes.
-QUICK_METHODS = ("lora", "rag", "memit")
+# The quick demo (the tour's) fits 90 s on 2 idle cores: training (LoRA) against
+# retrieval (RAG), the paper's main contrast, on fewer edits with shorter recipes.
+# Locate-then-edit is left out: MEMIT alone took 69 s of the 135 s that LoRA, RAG and
+# MEMIT needed at 4 edits per timestep (10 steps of a full forward and backward per edit).
+QUICK_METHODS = ("lora", "rag")
 QUICK_EDITS = 4  # per timestep
 QUICK_CANARY_TOKENS = 512  # the canary costs as much as scoring the edits: a quarter of it
-QUICK_HPARAMS = {"lora": {"epochs": 2}, "memit": {"v_steps": 10}}
+QUICK_HPARAMS = {"lora": {"epochs": 2}}
 
 
 def demo(out_dir: Path, quick: bool = False, device: str | None = None) -> Path:
@@ -359,7 +361,7 @@ def demo(out_dir: Path, quick: bool = False, device: str | None = None) -> Path:
         out_dir / "results.json",
         json_safe({"quick": quick, "methods": summary, "env": environment(device, 0)}),
     )
-    title = "every method" if not quick else "one method of each family"
+    title = "every method" if not quick else "LoRA against RAG"
     rep = _report(f"WikiBigEdit demo: {title} on SmolLM2-135M", results)
     rep.text(
         f"Benchmark: {bench} (embedded snapshots 2022-06 -> 2023-06 -> 2024-11)."
