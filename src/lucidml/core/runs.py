@@ -130,9 +130,9 @@ def make_run_dir(system: str, out: str | Path | None = None) -> Path:
     path = run_dir_path(system, out)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".lucid-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a probe of its own: processes of one launch open the same folder at once
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".lucid-write-test-"):
+            pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise InputError(f"cannot write the output folder {path}: {reason.lower()}") from None
