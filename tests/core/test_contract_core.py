@@ -200,6 +200,14 @@ def test_written_files_follow_the_umask(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
+def test_two_runs_started_at_once_get_two_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("LUCID_RUNS", str(tmp_path))
+    first, second = runs.Run("core"), runs.Run("core")
+    assert (
+        first.path != second.path and first.path.parent == second.path.parent == tmp_path / "core"
+    )
+
+
 def test_environment_block_and_current_run(tmp_path):
     env = runs.environment("cpu", 3)
     assert env["device"] == "cpu" and env["seed"] == 3 and env["processes"] == 1
@@ -234,6 +242,8 @@ items = [f"item{k}" for k in range(9)]
 for item in d.pending(items, store, str):
     store.save(item, {"by": d.process_index(), "value": item.upper()})
 merged = d.gather(items, store, str)
+from lucidml.core.runs import run_dir_path
+print(json.dumps({"rank": d.process_index(), "default_folder": str(run_dir_path("core"))}))
 if merged is not None:
     print(json.dumps({"world": d.world_size(), "merged": merged}))
 """
@@ -260,7 +270,10 @@ def test_two_launched_processes_split_the_items_and_the_main_one_merges(tmp_path
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines() if line[:1] == "{"]
+    out = next(line for line in lines if "merged" in line)
+    folders = {line["rank"]: line["default_folder"] for line in lines if "rank" in line}
+    assert len(folders) == 2 and folders[0] == folders[1]  # one launch, one run folder
     assert out["world"] == 2
     assert [m["value"] for m in out["merged"]] == [f"ITEM{k}" for k in range(9)]
     assert [m["by"] for m in out["merged"]] == [k % 2 for k in range(9)]

@@ -95,6 +95,17 @@ def barrier() -> None:
         s.wait_for_everyone()
 
 
+def broadcast(value: T) -> T:
+    """The main process's ``value`` on every process (a collective: every process of the
+    launch must call it at the same point). One process gets its own value back."""
+    s = _state()
+    if s is None or s.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
 def shard(items: Sequence[T]) -> list[T]:
     """The items this process handles: every ``world_size``-th one from its index."""
     rank, size = process_index(), world_size()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -104,10 +105,15 @@ def default_root() -> Path:
 
 
 def run_dir_path(system: str, out: str | Path | None = None) -> Path:
-    """The run folder's path, not created: ``out`` if given, else ``runs/<system>/<timestamp>``."""
+    """The run folder's path, not created: ``out`` if given, else
+    ``runs/<system>/<timestamp>-<random suffix>``, so two runs started in the same second
+    get two folders, while the processes of one launch all take the main process's."""
     if out is not None:
         return Path(out)
-    return default_root() / system / time.strftime("%Y%m%d-%H%M%S")
+    from lucidml.core.distributed import broadcast
+
+    name = broadcast(f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+    return default_root() / system / name
 
 
 _current_run: Path | None = None
