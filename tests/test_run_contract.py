@@ -9,8 +9,8 @@ import typer
 from lucidml.cli import app
 from lucidml.systems import SYSTEMS
 
-SHARED = ("--out", "--config", "--seed", "--device", "--quiet", "--resume")
-DEMO_SHARED = ("--out", "--quick", "--device", "--quiet")
+SHARED = ("--out", "--config", "--seed", "--device", "--quiet", "--resume", "--overwrite")
+DEMO_SHARED = ("--out", "--quick", "--device", "--quiet", "--overwrite")
 
 # (command, option) -> why that command does without it
 EXEMPT = {

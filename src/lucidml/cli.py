@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as _click_exc
 
 from lucidml import __version__
-from lucidml.core.options import Device, Quick, Quiet
+from lucidml.core.options import Device, Overwrite, Quick, Quiet
 from lucidml.errors import LucidError
 from lucidml.systems import SYSTEMS
 
@@ -100,7 +100,7 @@ def tour(
     quick: Quick = False,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Output folder.", show_default="runs/tour/<timestamp>"),
+        typer.Option("--out", help="Output folder.", show_default="runs/tour/<timestamp>-<suffix>"),
     ] = None,
     only: Annotated[
         str | None,
@@ -112,6 +112,7 @@ def tour(
     ] = None,
     device: Device = None,
     quiet: Quiet = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Run every built system's demo on the embedded defaults; write one index.html.
 
@@ -123,7 +124,12 @@ def tour(
 
     start(quiet)
     index, failed = run_tour(
-        out=out, quick=quick, only=only, device=device, echo=lambda line: typer.echo(line)
+        out=out,
+        quick=quick,
+        only=only,
+        device=device,
+        echo=lambda line: typer.echo(line),
+        overwrite=overwrite,
     )
     typer.echo(f"report: {index.resolve()}")
     if failed:

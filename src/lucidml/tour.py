@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 
 from lucidml.core.report import Report
-from lucidml.core.runs import atomic_write_text, environment, make_run_dir, write_json
+from lucidml.core.runs import atomic_write_text, claim, environment, make_run_dir, write_json
 from lucidml.systems import SYSTEMS, get
 
 
@@ -123,6 +123,7 @@ def run_tour(
     only: str | None = None,
     device: str | None = None,
     echo=None,
+    overwrite: bool = False,
 ):
     """Run the demos; return (index.html path, names of demos that failed).
 
@@ -141,7 +142,7 @@ def run_tour(
         raise InputError(f"not built yet, so no demo: {', '.join(unbuilt)}")
     device = resolve_device(device)
     echo = echo or (lambda line: None)
-    root = make_run_dir("tour", out)
+    root = claim("tour", out, overwrite=overwrite)
     jobs = [("core", "Embedded defaults", core_demo)] if not names or "core" in names else []
     jobs += [(s.name, s.title, s.demo) for s in selected]
     entries = [

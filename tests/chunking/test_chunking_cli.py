@@ -201,14 +201,21 @@ def test_ucd_resume_reuses_finished_layers_and_checks_the_config(tiny_model_dir,
     item.write_text(json.dumps({**row, "test_loss": -0.123}))  # a marker only the item holds
     assert run([*args, "--resume"], capsys)[0] == 0
     assert json.loads((out / "results.json").read_text())["layers"][0]["test_loss"] == -0.123
+    stored = (out / "config.yaml").read_text()
     code, _, err = run([*args[:-2], "--chunks", "5", "--out", str(out), "--resume"], capsys)
-    assert code == 2 and "different config" in err
-    # the same config on another text is another item: the marker is not reused
+    assert code == 2 and "it was run with n_chunks = 4, this command has n_chunks = 5" in err
+    # another corpus is refused too, and refusals rewrite nothing
     text = tmp_path / "other.txt"
     text.write_text(" ".join(everyday_sentences(300, seed=1)))
-    assert run([*args, "--resume", "--text", str(text)], capsys)[0] == 0
-    assert json.loads((out / "results.json").read_text())["layers"][0]["test_loss"] != -0.123
-    assert len(list((out / "items").glob("ucd-layer1-*.json"))) == 2
+    code, _, err = run([*args, "--resume", "--text", str(text)], capsys)
+    assert code == 2 and "other inputs (text)" in err, err
+    assert (out / "config.yaml").read_text() == stored
+    # a text file edited between the run and its resume is caught by its fingerprint
+    on_file = [*args[:-1], str(tmp_path / "ucd2"), "--text", str(text)]
+    assert run(on_file, capsys)[0] == 0
+    text.write_text(" ".join(everyday_sentences(300, seed=2)))
+    code, _, err = run([*on_file, "--resume"], capsys)
+    assert code == 2 and "its input text differs (other.txt has changed since)" in err, err
 
 
 def test_pa_resume_recomputes_only_missing_layers(tiny_model_dir, tmp_path, capsys):

@@ -67,7 +67,7 @@ def test_run_folder_checkpoint_and_resume(tmp_path):
     assert (run / "config.yaml").is_file()
     assert run.resume("step-1") is None
     run.checkpoint("step-1", {"w": torch.ones(2)})
-    again = Run("demo", tmp_path / "run")
+    again = Run("demo", tmp_path / "run", config=Job(), resume=True)
     assert torch.equal(again.resume("step-1")["w"], torch.ones(2))
     run.log_metrics({"step": 1, "loss": 0.5})
     run.write_results({"acc": float("nan")})

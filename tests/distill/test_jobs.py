@@ -23,7 +23,7 @@ def _capture(monkeypatch, verb: str) -> dict:
     """Replace api.<verb> by a stub that records the config the command built."""
     seen = {}
 
-    def stub(cfg, out=None, resume=False):
+    def stub(cfg, out=None, resume=False, overwrite=False):
         seen["cfg"] = cfg  # returning None: the command prints nothing more
 
     monkeypatch.setattr(api, verb, stub)
@@ -120,8 +120,10 @@ def test_resume_reuses_exactly_the_unchanged_items(tmp_path, capsys):
         assert more["methods"][name]["runs"][:2] == result["runs"]
     # another seed changes every set and every cell
     assert rank("--resume", "--seed", "1")[1] == (0, 11)
-    # without --resume a run starts fresh
-    assert rank()[1] == (0, 11)
+    # without --resume a non-empty folder is refused; --overwrite starts it fresh
+    code, _, err = run_cli([*base, "-q"], capsys)
+    assert code == 2 and "is not empty; pass --resume" in err
+    assert rank("--overwrite")[1] == (0, 11)
 
 
 @pytest.mark.parametrize(

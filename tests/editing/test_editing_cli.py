@@ -161,9 +161,7 @@ def _tiny_folder(tiny_lm, path):
 
 def test_config_file_settings_survive_the_command_line_defaults(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(
-        api, "run", lambda cfg, out, resume=False: seen.append(cfg) or {"final": {}}
-    )
+    monkeypatch.setattr(api, "run", lambda cfg, out, **options: seen.append(cfg) or {"final": {}})
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
         "method: rag\nmodel: some/model\ndevice: cpu\nseed: 7\nskip_known: true\n"
@@ -225,7 +223,7 @@ def test_resume_with_another_config_is_refused_before_writing(tmp_path, capsys, 
 def test_build_config_file_seed_and_device_survive(tmp_path, monkeypatch):
     seen = []
 
-    def fake_build(snapshots, out, cfg, resume=False):
+    def fake_build(snapshots, out, cfg, resume=False, **options):
         seen.append((cfg, resume))
         return out, {"timesteps": []}
 
@@ -239,3 +237,33 @@ def test_build_config_file_seed_and_device_survive(tmp_path, monkeypatch):
     assert (got.seed, got.device, got.llm_min_similarity, resume) == (5, "cpu", 0.5, True)
     assert lucid(*args, "--seed", "2") == 0
     assert (seen[-1][0].seed, seen[-1][0].device) == (2, "cpu")
+
+
+def test_save_model_writes_what_the_method_changed(tmp_path, capsys, tiny_lm):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    tiny = str(_tiny_folder(tiny_lm, tmp_path / "tiny"))
+    run = ("editing", "run", "--model", tiny, "--max-edits", "2", "--hparam", "epochs=1")
+    assert lucid(*run, "--method", "lora", "--save-model", "--out", str(tmp_path / "l")) == 0
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "l" / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    changed = [n for n, p in saved.state_dict().items() if not p.equal(base.state_dict()[n])]
+    assert changed and all("proj" in n for n in changed)  # LoRA's targets, merged in
+    with safe_open(str(tmp_path / "l" / "adapter.safetensors"), "pt") as f:
+        assert any("lora_A" in k for k in f.keys()) and f.metadata()["r"]  # noqa: SIM118
+    assert lucid(*run, "--method", "lora", "--out", str(tmp_path / "plain")) == 0
+    assert not (tmp_path / "plain" / "model").exists()  # only when asked
+
+
+def test_rag_saves_its_memory_not_the_unchanged_weights(tmp_path, tiny_lm):
+    from lucidml.editing import methods
+    from lucidml.editing.config import RunConfig
+
+    editor = methods.get("rag", embedder=lambda xs: [[float(len(x)), 1.0] for x in xs])
+    model, tok = tiny_lm
+    cfg = RunConfig(method="rag", max_edits=2)
+    api.run(cfg, tmp_path / "r", model=model, tokenizer=tok, editor=editor, save_model=True)
+    memory = json.loads((tmp_path / "r" / "memory.json").read_text())
+    assert len(memory) == 4 and all(len(pair) == 2 for pair in memory)  # 2 timesteps x 2
+    assert not (tmp_path / "r" / "model").exists()

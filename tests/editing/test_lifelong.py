@@ -142,7 +142,9 @@ def test_checkpoint_and_resume(tiny_lm, tmp_path):
     # a fresh process: a new model that knows only the locality facts, and a new editor
     fresh = lookup_model(tok, timesteps)
     editor = Crash(tok)
-    out = run_lifelong(fresh, tok, editor, timesteps, run=Run("editing", tmp_path / "run"))
+    out = run_lifelong(
+        fresh, tok, editor, timesteps, run=Run("editing", tmp_path / "run", resume=True)
+    )
     assert editor.resumed and editor.calls == 3
     assert [r["timestep"] for r in out["timesteps"]] == [0, 1, 2]
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 3

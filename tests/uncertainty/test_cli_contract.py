@@ -114,8 +114,14 @@ def test_fit_resume_with_other_pairs_is_refused(tmp_path, capsys, pairs, posteri
     code, err = _run(
         ["uncertainty", "fit", "--pairs", str(other), "--out", str(out), "--resume"], capsys
     )
-    assert code == 2 and "another 'pairs'" in err and err.count("\n") == 1, err
+    assert code == 2 and "it was run with pairs = " in err and err.count("\n") == 1, err
     assert (out / "config.yaml").read_text() == before
+    # the same folder with other contents: caught by the stored input fingerprint
+    fit = ["uncertainty", "fit", "--pairs", str(other), "--out", str(tmp_path / "b")]
+    assert _run(fit, capsys)[0] == 0
+    (other / "captions.txt").write_text("a photo of the digit two.\n" * 60)
+    code, err = _run([*fit, "--resume"], capsys)
+    assert code == 2 and "its input pairs differs (captions.txt has changed" in err, err
     code, err = _run(["uncertainty", "fit", "--pairs", str(other), "--resume"], capsys)
     assert code == 2 and "--resume needs --out" in err
 

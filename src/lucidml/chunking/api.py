@@ -27,7 +27,7 @@ from lucidml.core.config import resolve_device, resolve_dtype, seed_everything
 from lucidml.core.distributed import ItemStore
 from lucidml.core.progress import get_logger, track
 from lucidml.core.report import Report
-from lucidml.core.runs import Run, environment, make_run_dir, write_json, write_yaml
+from lucidml.core.runs import Run, claim, environment, path_inputs, write_json, write_yaml
 from lucidml.errors import InputError
 
 log = get_logger("chunking")
@@ -216,12 +216,12 @@ def _rnn_section(exp: RNNExperiment, report: Report) -> None:
     _rnn_figures(exp, report)
 
 
-def rnn_job(cfg: RNNConfig, out: str | Path | None = None) -> Path:
+def rnn_job(cfg: RNNConfig, out: str | Path | None = None, overwrite: bool = False) -> Path:
     device = resolve_device(cfg.device)  # checked like everywhere, though the RNN uses the CPU
     if device != "cpu":
         log.info("the RNN and DSC run on the CPU: 12 units step by step gain nothing on %s", device)
     cfg = cfg.resolved()
-    run = Run("chunking", out, cfg)
+    run = Run("chunking", out, cfg, overwrite=overwrite)
     log.info("training the RNN on %s", cfg.regime)
     exp = rnn_experiment(cfg)
     report = Report(f"Neural chunking: RNN on {cfg.regime}")
@@ -235,15 +235,17 @@ def rnn_job(cfg: RNNConfig, out: str | Path | None = None) -> Path:
 # --- LLM jobs: PA, grafting, UCD ----------------------------------------------------------
 
 
-def open_run(cfg, out: str | Path | None, resume: bool) -> Run:
-    """The run folder; ``resume`` needs ``out`` to hold a run of the same config."""
-    if resume:
-        saved = Path(out) / "config.yaml" if out is not None else None
-        if saved is None or not saved.is_file():
-            raise InputError("--resume needs --out to name an existing run folder")
-        if type(cfg).from_yaml(saved) != cfg:
-            raise InputError(f"--resume: {saved} holds a different config than this command's")
-    return Run("chunking", out, cfg)
+def open_run(cfg, out: str | Path | None, resume: bool, overwrite: bool, **inputs) -> Run:
+    """The run folder; ``resume`` needs ``out`` to hold a run of the same config (the
+    device aside) from unchanged input files (``inputs``, and the model if a folder)."""
+    return Run(
+        "chunking",
+        out,
+        cfg,
+        resume=resume,
+        overwrite=overwrite,
+        inputs=path_inputs(model=cfg.model, **inputs),
+    )
 
 
 def digest(*parts) -> str:
@@ -472,6 +474,7 @@ def pa_job(
     text_path: str | Path | None = None,
     out: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     device = resolve_device(cfg.device)
     text = read_text(text_path)
@@ -486,7 +489,7 @@ def pa_job(
         "the fitting part of the text",
     )
     _require_occurrences(tok, held_sents, cfg.word, 1, "the held-out part of the text")
-    run = open_run(cfg, out, resume)
+    run = open_run(cfg, out, resume, overwrite, text=text_path)
     log.info("PA for '%s' on %d + %d sentences", cfg.word, len(fit_sents), len(held_sents))
     store, key = ItemStore(run / "items"), job_key(cfg, device, model, text)
     bank, rows = pa_analysis(model, tok, cfg, fit_sents, held_sents, store=store, key=key)
@@ -590,13 +593,16 @@ def graft_job(
     templates_dir: str | Path | None = None,
     out: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     device = resolve_device(cfg.device)
     prompts = read_prompts(prompts_path)
     model, tok = _load(cfg.model, device)
     _check_layers(cfg.layers, model.config.num_hidden_layers)
     make_templates, source = _templates_for(cfg, model, tok, text_path, templates_dir)
-    run = open_run(cfg, out, resume)
+    run = open_run(
+        cfg, out, resume, overwrite, prompts=prompts_path, text=text_path, templates=templates_dir
+    )
     store, key = ItemStore(run / "items"), job_key(cfg, device, model, prompts, source)
     sampling = dict(
         top_p=cfg.top_p,
@@ -746,6 +752,7 @@ def ucd_job(
     text_path: str | Path | None = None,
     out: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     device = resolve_device(cfg.device)
     text = read_text(text_path)
@@ -759,7 +766,7 @@ def ucd_job(
             f"n_chunks {cfg.n_chunks} exceeds the {n_tokens} tokens of the fitting "
             "text; lower --chunks or give more text"
         )
-    run = open_run(cfg, out, resume)
+    run = open_run(cfg, out, resume, overwrite, text=text_path)
     log.info(
         "UCD with %d chunks on %d + %d sentences", cfg.n_chunks, len(fit_sents), len(held_sents)
     )
@@ -865,20 +872,28 @@ QUICK = DemoPlan(
 )
 
 
-def demo(out_dir: Path, quick: bool = False, device: str | None = None) -> Path:
+def demo(
+    out_dir: Path, quick: bool = False, device: str | None = None, overwrite: bool = False
+) -> Path:
     """RNN regimes with recovered vs true chunks; PA, grafting and UCD on SmolLM2.
 
     ``quick`` runs the smaller plan (``QUICK``); ``device`` (None: auto) places SmolLM2.
     """
-    return run_demo(out_dir, QUICK if quick else FULL, device, quick)
+    return run_demo(out_dir, QUICK if quick else FULL, device, quick, overwrite)
 
 
-def run_demo(out_dir: Path, plan: DemoPlan, device: str | None = None, quick: bool = False):
+def run_demo(
+    out_dir: Path,
+    plan: DemoPlan,
+    device: str | None = None,
+    quick: bool = False,
+    overwrite: bool = False,
+):
     """The demo's sections under ``plan``; returns the path of report.html."""
     from lucidml.chunking.corpus import PROMPTS, everyday_sentences
 
     device = resolve_device(device)
-    out_dir = make_run_dir("chunking", out_dir)
+    out_dir = claim("chunking", out_dir, overwrite=overwrite)
     report = Report("Neural population chunking (lucidml.chunking)")
     results: dict = {"quick": quick, "rnn": {}}
     for regime, changes in plan.regimes.items():

@@ -12,7 +12,17 @@ from typing import Annotated
 import typer
 
 from lucidml.chunking.config import REGIME_DEFAULTS, GraftConfig, PAConfig, RNNConfig, UCDConfig
-from lucidml.core.options import ConfigFile, Device, Out, Quick, Quiet, Resume, Seed, start
+from lucidml.core.options import (
+    ConfigFile,
+    Device,
+    Out,
+    Overwrite,
+    Quick,
+    Quiet,
+    Resume,
+    Seed,
+    start,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Neural population chunking: DSC, PA, grafting, UCD.")
 
@@ -122,6 +132,7 @@ def rnn(
     seed: Seed = None,
     device: Device = None,
     quiet: Quiet = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train the Elman RNN on a planted-chunk regime and chunk its states (DSC)."""
     start(quiet)
@@ -138,7 +149,7 @@ def rnn(
         seed=seed,
         device=device,
     )
-    _done(rnn_job(cfg, out))
+    _done(rnn_job(cfg, out, overwrite))
 
 
 @app.command()
@@ -177,6 +188,7 @@ def pa(
     device: Device = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Fit PA templates for a word per step and layer; score them on held-out sentences."""
     start(quiet)
@@ -194,7 +206,7 @@ def pa(
         select=select,
         seed=seed,
     )
-    _done(pa_job(cfg, text, out, resume))
+    _done(pa_job(cfg, text, out, resume, overwrite))
 
 
 @app.command()
@@ -239,6 +251,7 @@ def graft(
     device: Device = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Graft a word's templates into the prompt pass; compare word rates with a control."""
     start(quiet)
@@ -255,7 +268,7 @@ def graft(
         max_new_tokens=max_new_tokens,
         seed=seed,
     )
-    _done(graft_job(cfg, prompts, text, templates, out, resume))
+    _done(graft_job(cfg, prompts, text, templates, out, resume, overwrite))
 
 
 @app.command()
@@ -281,6 +294,7 @@ def ucd(
     device: Device = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Learn unsupervised chunk embeddings (spherical k-means) per layer."""
     start(quiet)
@@ -295,16 +309,20 @@ def ucd(
         epochs=epochs,
         seed=seed,
     )
-    _done(ucd_job(cfg, text, out, resume))
+    _done(ucd_job(cfg, text, out, resume, overwrite))
 
 
 @app.command()
 def demo(
-    out: Out = None, quick: Quick = False, device: Device = None, quiet: Quiet = False
+    out: Out = None,
+    quick: Quick = False,
+    device: Device = None,
+    quiet: Quiet = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """RNN regimes, PA, grafting and UCD on the embedded SmolLM2; writes report.html."""
     start(quiet)
     from lucidml.chunking.api import demo as run
     from lucidml.core.runs import run_dir_path
 
-    _done(run(run_dir_path("chunking", out), quick=quick, device=device))
+    _done(run(run_dir_path("chunking", out), quick=quick, device=device, overwrite=overwrite))

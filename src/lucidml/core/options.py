@@ -3,7 +3,8 @@
 A command takes them as parameters with these types::
 
     def fit(..., out: Out = None, config: ConfigFile = None, seed: Seed = None,
-            device: Device = None, quiet: Quiet = False, resume: Resume = False): ...
+            device: Device = None, quiet: Quiet = False, resume: Resume = False,
+            overwrite: Overwrite = False): ...
 
 Options that override a config field default to None, so a value from ``--config``
 is never replaced by a default; ``--help`` shows the effective default instead.
@@ -24,7 +25,7 @@ Out = Annotated[
     typer.Option(
         "--out",
         help="Run folder to write.",
-        show_default="runs/<system>/<timestamp>",
+        show_default="runs/<system>/<timestamp>-<suffix>",
     ),
 ]
 ConfigFile = Annotated[
@@ -59,6 +60,14 @@ Quiet = Annotated[
 Resume = Annotated[
     bool,
     typer.Option("--resume", help="Continue the interrupted run in --out, reusing finished work."),
+]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Empty --out first if it holds an earlier run (without it, a non-empty --out "
+        "is refused unless --resume).",
+    ),
 ]
 Quick = Annotated[
     bool, typer.Option("--quick", help="Shorter settings (the tour's); numbers are rougher.")

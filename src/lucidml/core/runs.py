@@ -7,9 +7,12 @@ same folder and are renamed into place.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +21,8 @@ from typing import Any
 import yaml
 
 from lucidml.errors import InputError
+
+log = logging.getLogger("lucidml.runs")
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -131,7 +136,8 @@ def forget_current_run() -> None:
 
 
 def make_run_dir(system: str, out: str | Path | None = None) -> Path:
-    """Create (or reuse) the run folder: ``out`` if given, else ``runs/<system>/<timestamp>``."""
+    """Create (or reuse) the run folder: ``out`` if given, else a new default folder.
+    It checks nothing about what the folder holds; commands go through ``claim`` first."""
     global _current_run
     path = run_dir_path(system, out)
     try:
@@ -143,6 +149,235 @@ def make_run_dir(system: str, out: str | Path | None = None) -> Path:
         reason = exc.strerror or type(exc).__name__
         raise InputError(f"cannot write the output folder {path}: {reason.lower()}") from None
     _current_run = path
+    return path
+
+
+# --- what a run folder was made from: refusing a resume that would mix two runs ---------
+
+SMALL_FILE_BYTES = 4 * 2**20  # files up to this size are identified by their content
+CONFIG_FILE, INPUTS_FILE = "config.yaml", "inputs.json"
+
+
+def input_fingerprint(path: str | Path) -> dict:
+    """What identifies an input file or folder without reading large files: its resolved
+    path and, for each file (a folder's files recursively, hidden ones aside), its size,
+    modification time and, up to 4 MiB, a SHA-256 of its bytes."""
+    path = Path(path)
+    if path.is_file():
+        files = {path.name: path}
+    elif path.is_dir():
+        files = {
+            f.relative_to(path).as_posix(): f
+            for f in sorted(path.rglob("*"))
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+        }
+    else:
+        raise InputError(f"input {path} does not exist")
+    listing = {}
+    for name, f in files.items():
+        stat = f.stat()
+        small = stat.st_size <= SMALL_FILE_BYTES
+        listing[name] = {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "sha256": hashlib.sha256(f.read_bytes()).hexdigest() if small else None,
+        }
+    return {"path": str(path.resolve()), "files": listing}
+
+
+def path_inputs(**candidates: Any) -> dict[str, Path]:
+    """The candidates that name local files or folders (others are names such as
+    ``digits`` or hub ids), as inputs for ``claim`` to fingerprint."""
+    return {
+        name: Path(value)
+        for name, value in candidates.items()
+        if isinstance(value, str | Path) and str(value) and Path(value).exists()
+    }
+
+
+def input_change(stored: dict, new: dict) -> str | None:
+    """How an input differs from its stored fingerprint, in words (None if it does not).
+    A file identified by its content may be touched or copied; a large one may not."""
+    if stored.get("path") != new["path"]:
+        return f"it was {stored.get('path')}, now it is {new['path']}"
+    old_files, new_files = stored.get("files", {}), new["files"]
+    for name in dict.fromkeys([*old_files, *new_files]):
+        a, b = old_files.get(name), new_files.get(name)
+        if a is None:
+            return f"{name} is new"
+        if b is None:
+            return f"{name} is gone"
+        same = (
+            a["sha256"] == b["sha256"] and a["size"] == b["size"]
+            if a.get("sha256") and b["sha256"]
+            else (a["size"], a["mtime_ns"]) == (b["size"], b["mtime_ns"])
+        )
+        if not same:
+            return f"{name} has changed since"
+    return None
+
+
+def first_difference(stored: Any, new: Any, prefix: str = "") -> tuple[str, Any, Any]:
+    """The first (dotted field, stored value, new value) where two config dicts differ;
+    ("", None, None) if they agree."""
+    for key in dict.fromkeys([*stored, *new]):
+        a, b = stored.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = first_difference(a, b, f"{prefix}{key}.")
+            if found[0]:
+                return found
+        elif a != b:
+            return f"{prefix}{key}", a, b
+    return "", None, None
+
+
+def _plain(config: Any) -> dict:
+    """A config as ``config.yaml`` stores it (so stored and new compare like for like)."""
+    return yaml.safe_load(yaml.safe_dump(json.loads(json.dumps(config, default=_to_jsonable))))
+
+
+def _is_run(path: Path) -> bool:
+    """Whether ``path`` is a run folder: ``claim`` wrote its config or inputs there."""
+    return (path / CONFIG_FILE).is_file() or (path / INPUTS_FILE).is_file()
+
+
+def _holds_anything(path: Path) -> bool:
+    return path.is_dir() and any(not p.name.startswith(".lucid-") for p in path.iterdir())
+
+
+def _fresh_refusal(path: Path, overwrite: bool, empty: bool = True) -> str | None:
+    """Why a new run may not start in ``path`` (None: it may); on ``overwrite`` the
+    folder of an earlier run is emptied (if ``empty``; else only checked)."""
+    if not _holds_anything(path):
+        return None
+    if not overwrite:
+        return (
+            f"{path} is not empty; pass --resume to continue its run, or --overwrite to replace it"
+        )
+    if not _is_run(path):
+        return (
+            f"{path} holds files but no run (no {CONFIG_FILE}); --overwrite empties only run "
+            "folders"
+        )
+    if empty:
+        shutil.rmtree(path)
+    return None
+
+
+def _resume_refusal(
+    path: Path, config: Any, inputs: dict[str, dict], may_change: tuple[str, ...], per_item: bool
+) -> str | None:
+    """Why the run in ``path`` may not be resumed with ``config`` and ``inputs`` (None: it
+    may, or there is nothing to resume)."""
+    if not _is_run(path):
+        if _holds_anything(path):
+            return f"cannot resume {path}: it holds no {CONFIG_FILE}, so it is not a run folder"
+        log.info("nothing to resume in %s: starting the run there", path)
+        return None
+    if config is not None and (path / CONFIG_FILE).is_file():
+        try:
+            stored = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return f"cannot resume {path}: its {CONFIG_FILE} is unreadable"
+        new = _plain(config)
+        for name in may_change:
+            stored.pop(name, None)
+            new.pop(name, None)
+        field, old, now = first_difference(stored, new)
+        if field and not per_item:
+            return (
+                f"cannot resume {path}: it was run with {field} = {json.dumps(old)}, this "
+                f"command has {field} = {json.dumps(now)} (leave out --resume, or use another --out)"
+            )
+        if field:
+            log.info(
+                "resuming %s with %s = %s (was %s): the stored items that depend on it are "
+                "recomputed, the others reused",
+                path,
+                field,
+                json.dumps(now),
+                json.dumps(old),
+            )
+    stored_inputs = read_json(path / INPUTS_FILE) if (path / INPUTS_FILE).is_file() else {}
+    for name in dict.fromkeys([*stored_inputs, *inputs]):
+        if (name not in stored_inputs or name not in inputs) and not per_item:
+            return f"cannot resume {path}: it was run with other inputs ({name})"
+        if name not in stored_inputs or name not in inputs:
+            continue
+        change = input_change(stored_inputs[name], inputs[name])
+        if change and not per_item:
+            return f"cannot resume {path}: its input {name} differs ({change})"
+        if change:
+            log.info(
+                "resuming %s with a changed input %s (%s): its items are recomputed",
+                path,
+                name,
+                change,
+            )
+    return None
+
+
+def _decided_by_main(decide) -> None:
+    """Run the check ``decide`` (returning a refusal or None) on the main process; every
+    process of a launch raises the same refusal."""
+    from lucidml.core.distributed import broadcast, is_main_process
+
+    problem = broadcast(decide() if is_main_process() else None)
+    if problem:
+        raise InputError(problem)
+
+
+def check_fresh(path: str | Path, overwrite: bool = False) -> None:
+    """Refuse to start a new run in a non-empty ``path`` unless ``overwrite`` (which empties
+    a folder that holds an earlier run, and only such a folder)."""
+    _decided_by_main(lambda: _fresh_refusal(Path(path), overwrite))
+
+
+def claim(
+    system: str,
+    out: str | Path | None = None,
+    config: Any = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    inputs: dict[str, str | Path] | None = None,
+    may_change: tuple[str, ...] = ("device",),
+    per_item: bool = False,
+    dry_run: bool = False,
+) -> Path:
+    """Make the run folder of a command, after checking that it may write there.
+
+    - A new run needs an empty (or missing) folder; ``overwrite`` empties a folder that
+      holds an earlier run first.
+    - ``resume`` needs the folder's stored config to equal ``config`` (fields in
+      ``may_change`` aside) and its stored inputs (``inputs``: name -> file or folder,
+      fingerprinted by ``input_fingerprint``) to be unchanged. A job whose stored items
+      are keyed on everything that determines them passes ``per_item``: a changed config
+      or input is then allowed and logged, and the job recomputes the items it changes.
+
+    Nothing is written before the checks pass; a refusal is an InputError naming the
+    first difference. ``dry_run`` only checks (and changes nothing), so a command can
+    refuse before loading a model and claim the folder once its own checks pass. The
+    main process decides; with several processes the others take its answer, and
+    ``config.yaml`` and ``inputs.json`` are written once, by it.
+    """
+    from lucidml.core.distributed import is_main_process
+
+    if resume and out is None:
+        raise InputError("--resume needs --out, the folder of the run to continue")
+    path = run_dir_path(system, out)
+    prints = {name: input_fingerprint(p) for name, p in (inputs or {}).items()}
+    if resume:
+        _decided_by_main(lambda: _resume_refusal(path, config, prints, may_change, per_item))
+    else:
+        _decided_by_main(lambda: _fresh_refusal(path, overwrite, empty=not dry_run))
+    if dry_run:
+        return path
+    path = make_run_dir(system, path)
+    if is_main_process():
+        if config is not None:
+            write_yaml(path / CONFIG_FILE, config)
+        write_json(path / INPUTS_FILE, prints)
     return path
 
 
@@ -169,10 +404,9 @@ def environment(device: str | None = None, seed: int | None = None) -> dict:
 class Run:
     """A run folder with helpers for the files every job writes."""
 
-    def __init__(self, system: str, out: str | Path | None = None, config: Any = None):
-        self.path = make_run_dir(system, out)
-        if config is not None:
-            write_yaml(self.path / "config.yaml", config)
+    def __init__(self, system: str, out: str | Path | None = None, config: Any = None, **checks):
+        """The folder ``claim(system, out, config, **checks)`` gives (see there)."""
+        self.path = claim(system, out, config, **checks)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

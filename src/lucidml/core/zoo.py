@@ -8,6 +8,7 @@ digits, and ``digits-clip`` trained on first use. The cache lives in ``$LUCID_HO
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -73,11 +74,25 @@ def minilm_dir() -> Path | None:
     return found.parent if found else None
 
 
+@contextlib.contextmanager
 def _lock(name: str):
-    from filelock import FileLock
+    """Hold the lock that guards building ``name``'s cache, saying so when another
+    process holds it (a wait of a minute or two at 1% CPU looks like a hang otherwise)."""
+    from filelock import FileLock, Timeout
 
     (lucid_home() / "locks").mkdir(parents=True, exist_ok=True)
-    return FileLock(str(lucid_home() / "locks" / f"{name}.lock"))
+    lock = FileLock(str(lucid_home() / "locks" / f"{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning(
+            "waiting for another process that is preparing %s (lock %s)", name, lock.lock_file
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _publish(tmp: Path, final: Path) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from lucidml.core.config import resolve_device
-from lucidml.core.distributed import is_main_process, world_size
+from lucidml.core.distributed import world_size
 from lucidml.core.progress import get_logger
 from lucidml.core.report import Report
-from lucidml.core.runs import Run, environment, make_run_dir, write_json
+from lucidml.core.runs import Run, claim, environment, path_inputs, write_json
 from lucidml.distill.cells import CellJob, Workspace, distilled_sets, set_key
 from lucidml.distill.config import EvalConfig, RankConfig, ScoreConfig
 from lucidml.distill.data import class_counts, load_dataset, load_distilled
@@ -44,10 +44,21 @@ def leaderboard(methods: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def _run_folder(out: str | Path | None, cfg) -> Run:
+def _run_folder(out: str | Path | None, cfg, resume: bool, overwrite: bool, **inputs) -> Run:
+    """The run folder. Stored sets and cells are keyed on everything that determines
+    them, so a resume with a changed setting recomputes what it changes and reuses the
+    rest; changed input files are refused."""
     if world_size() > 1 and out is None:
         raise InputError("a multi-process run needs --out: all processes share one run folder")
-    return Run("distill", out, cfg if is_main_process() else None)
+    return Run(
+        "distill",
+        out,
+        cfg,
+        resume=resume,
+        overwrite=overwrite,
+        inputs=path_inputs(dataset=cfg.dataset, data_root=cfg.data_root, **inputs),
+        per_item=True,
+    )
 
 
 def _items(reused: int, total: int) -> dict:
@@ -55,7 +66,12 @@ def _items(reused: int, total: int) -> dict:
     return {"reused": reused, "computed": total - reused}
 
 
-def rank(cfg: RankConfig | None = None, out: str | Path | None = None, resume: bool = False):
+def rank(
+    cfg: RankConfig | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+):
     """Distil with each method, score every set, write a leaderboard run folder.
 
     Returns the results (as in ``results.json``, plus ``out``) on the main process, and
@@ -71,7 +87,7 @@ def rank(cfg: RankConfig | None = None, out: str | Path | None = None, resume: b
             f"IPC {cfg.ipc} is larger than the smallest class of {cfg.dataset} "
             f"({smallest} training images)"
         )
-    run = _run_folder(out, cfg)
+    run = _run_folder(out, cfg, resume, overwrite)
     results = _rank(cfg, evaluator, Workspace(run.path, resume))
     if results is None:
         return None
@@ -127,7 +143,9 @@ def _leaderboard_section(rep: Report, results: dict, cfg: EvalConfig) -> None:
     )
 
 
-def score(cfg: ScoreConfig, out: str | Path | None = None, resume: bool = False):
+def score(
+    cfg: ScoreConfig, out: str | Path | None = None, resume: bool = False, overwrite: bool = False
+):
     """LRS and ARS of a user's distilled set (tensor file or image folder).
 
     Returns the results on the main process and None on the others of a multi-process
@@ -138,7 +156,17 @@ def score(cfg: ScoreConfig, out: str | Path | None = None, resume: bool = False)
     x, y, soft = load_distilled(cfg.images, data, cfg.labels, cfg.soft_labels)
     evaluator = Evaluator(data, cfg.effective_eval(), cfg.teachers or None, device=device)
     evaluator.check({"syn": (x, y, soft)})  # fail before writing anything
-    run = _run_folder(out, cfg)
+    teachers = {f"teacher{i}": t for i, t in enumerate(cfg.teachers)}
+    run = _run_folder(
+        out,
+        cfg,
+        resume,
+        overwrite,
+        images=cfg.images,
+        labels=cfg.labels,
+        soft_labels=cfg.soft_labels,
+        **teachers,
+    )
     work = Workspace(run.path, resume)
     job = CellJob(evaluator, {"syn": tensor_hash(x, y, soft)}, class_counts(y), work.cells)
     items = _items(work.stored(job.paths()), len(job.paths()))
@@ -176,12 +204,14 @@ def score(cfg: ScoreConfig, out: str | Path | None = None, resume: bool = False)
     return result
 
 
-def demo(out_dir: Path, quick: bool = False, device: str | None = None) -> Path:
+def demo(
+    out_dir: Path, quick: bool = False, device: str | None = None, overwrite: bool = False
+) -> Path:
     """Rank every baseline on digits at IPC 1 and 10 with hard and soft labels (one
     process). ``quick`` shortens every recipe (``EvalConfig.quick``, ``DistillConfig.quick``)
     and scores soft labels at IPC 10 only."""
     device = resolve_device(device)
-    out_dir = make_run_dir("distill", out_dir)
+    out_dir = claim("distill", out_dir, overwrite=overwrite)
     data = load_dataset("digits")
     settings = [("hard", 1), ("hard", 10), *([] if quick else [("soft", 1)]), ("soft", 10)]
     rep = Report("DD-Ranking on digits: which distilled sets beat random real images?")

@@ -11,7 +11,17 @@ from typing import Annotated
 
 import typer
 
-from lucidml.core.options import ConfigFile, Device, Out, Quick, Quiet, Resume, Seed, start
+from lucidml.core.options import (
+    ConfigFile,
+    Device,
+    Out,
+    Overwrite,
+    Quick,
+    Quiet,
+    Resume,
+    Seed,
+    start,
+)
 from lucidml.distill.config import DEFAULT_METHODS
 
 app = typer.Typer(no_args_is_help=True, help="DD-Ranking: fair evaluation of distilled datasets.")
@@ -108,6 +118,7 @@ def rank(
     device: Device = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Distil with each method, score every set (LRS, ARS), write a leaderboard."""
     start(quiet)
@@ -129,7 +140,7 @@ def rank(
     cfg = cfg.with_eval(
         model=model, num_eval=num_eval, selection=selection, seed=seed, device=device
     )
-    result = api.rank(cfg, out=out, resume=resume)
+    result = api.rank(cfg, out=out, resume=resume, overwrite=overwrite)
     if result is None:  # another process of a multi-process launch: the main one reports
         return
     for row in result["leaderboard"]:
@@ -193,6 +204,7 @@ def score(
     device: Device = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Score your own distilled set against random real subsets."""
     start(quiet)
@@ -219,7 +231,7 @@ def score(
     cfg = cfg.with_eval(
         model=model, num_eval=num_eval, selection=selection, seed=seed, device=device
     )
-    result = api.score(cfg, out=out, resume=resume)
+    result = api.score(cfg, out=out, resume=resume, overwrite=overwrite)
     if result is None:
         return
     typer.echo(
@@ -230,11 +242,17 @@ def score(
 
 
 @app.command()
-def demo(out: Out = None, quick: Quick = False, device: Device = None, quiet: Quiet = False):
+def demo(
+    out: Out = None,
+    quick: Quick = False,
+    device: Device = None,
+    quiet: Quiet = False,
+    overwrite: Overwrite = False,
+):
     """Rank every shipped distiller on digits with hard and soft labels (the tour's demo)."""
     start(quiet)
     from lucidml.core.runs import run_dir_path
     from lucidml.distill import api
 
-    report = api.demo(run_dir_path("distill", out), quick=quick, device=device)
+    report = api.demo(run_dir_path("distill", out), quick=quick, device=device, overwrite=overwrite)
     typer.echo(f"report: {report}")

@@ -6,19 +6,20 @@ verbs that use them, so ``parse`` and ``build`` start without loading torch.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from importlib import resources
 from pathlib import Path
 
 from lucidml.core import distributed
-from lucidml.core.config import Config, resolve_device, seed_everything
+from lucidml.core.config import resolve_device, seed_everything
 from lucidml.core.progress import get_logger
 from lucidml.core.runs import (
     Run,
+    check_fresh,
+    claim,
     environment,
-    make_run_dir,
+    path_inputs,
     read_json,
     run_dir_path,
     write_json,
@@ -40,14 +41,17 @@ def embedded_snapshots() -> list[Path]:
     return sorted(Path(str(f)) for f in folder.iterdir() if f.name.endswith(".jsonl"))
 
 
-def parse(cfg: ParseConfig, out: str | Path | None = None, resume: bool = False):
+def parse(
+    cfg: ParseConfig, out: str | Path | None = None, resume: bool = False, overwrite: bool = False
+):
     """Parse ``cfg.dump`` into a snapshot folder (triples and labels as Parquet).
 
     Runs as one process or sharded over many (``accelerate launch``); see
     ``wikidata.parse_dump``. The folder appears only once the whole dump has parsed, so a
     bad dump leaves nothing. With ``resume`` the parts of a killed parse are reused, and
-    a folder that already holds this very parse is kept as it is. Returns (folder, stats);
-    stats is None on processes other than the main one.
+    a folder that already holds this very parse is kept as it is; without it a non-empty
+    folder is refused unless ``overwrite``. Returns (folder, stats); stats is None on
+    processes other than the main one.
     """
     if cfg.dump is None:
         raise InputError("no dump to parse: pass --dump FILE (or dump: in the --config file)")
@@ -56,6 +60,8 @@ def parse(cfg: ParseConfig, out: str | Path | None = None, resume: bool = False)
             "pass --out when parsing with several processes, so they all write one folder"
         )
     folder = run_dir_path("editing", out)
+    if not resume:
+        check_fresh(folder, overwrite)
     return folder, _parse_into(cfg, folder, resume)
 
 
@@ -95,48 +101,18 @@ def _check_snapshot(path: str | Path) -> Path:
     return path
 
 
-def first_difference(stored: dict, new: dict, prefix: str = "") -> tuple[str, object, object]:
-    """The first (dotted field, stored value, new value) where two config dicts differ."""
-    for key in dict.fromkeys([*stored, *new]):
-        a, b = stored.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = first_difference(a, b, f"{prefix}{key}.")
-            if found[0]:
-                return found
-        elif a != b:
-            return f"{prefix}{key}", a, b
-    return "", None, None
-
-
-def check_resume(folder: Path, cfg: Config, ignore: tuple[str, ...] = ()) -> None:
-    """Refuse to resume the run in ``folder`` with a config other than its stored one,
-    before anything is written; fields in ``ignore`` may change (e.g. the device)."""
-    stored_file = folder / "config.yaml"
-    if not stored_file.is_file():
-        return
-    stored = type(cfg).from_yaml(stored_file).model_dump(mode="json")
-    new = cfg.model_dump(mode="json")
-    for name in ignore:
-        stored.pop(name, None)
-        new.pop(name, None)
-    field, old, now = first_difference(stored, new)
-    if field:
-        raise InputError(
-            f"cannot resume {folder}: it was run with {field} = {json.dumps(old)}, this "
-            f"config has {field} = {json.dumps(now)} (drop --resume to start over elsewhere)"
-        )
-
-
 def build(
     snapshots: list[str | Path],
     out: str | Path | None = None,
     cfg: BuildConfig | None = None,
     llm=None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Path, dict]:
     """Timesteps from consecutive snapshots (dump files or parsed folders).
 
-    Inputs and the device are checked before the output folder is made. Dump files are
+    Inputs and the device are checked before the output folder is made (``resume``: with
+    the folder's stored config and snapshots; see ``core.runs.claim``). Dump files are
     parsed into ``<out>/snapshots/<name>``; if one fails, a folder this call made is
     removed again. ``llm`` is a QuestionLLM callable; without one, ``cfg.llm`` names a
     causal LM to load (on ``cfg.device``). Its answers are kept in ``llm_answers.jsonl``,
@@ -152,12 +128,19 @@ def build(
     Templates.load(cfg.templates)
     device = resolve_device(cfg.device)
     target = run_dir_path("editing", out)
-    if resume:
-        check_resume(target, cfg, ignore=("device",))
+    made = not target.exists()
+    folder = claim(
+        "editing",
+        target,
+        cfg,
+        resume=resume,
+        overwrite=overwrite,
+        inputs=path_inputs(
+            templates=cfg.templates, **{f"snapshot{i}": p for i, p in enumerate(paths)}
+        ),
+    )
     if llm is None and cfg.llm:
         llm = _question_llm(cfg.llm, device)
-    made = not target.exists()
-    folder = make_run_dir("editing", target)
     try:
         folders = []
         for path in paths:
@@ -170,7 +153,6 @@ def build(
         if made:
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    write_yaml(folder / "config.yaml", cfg)
     answers = folder / "llm_answers.jsonl"
     if not resume:
         answers.unlink(missing_ok=True)
@@ -189,7 +171,9 @@ def _question_llm(name: str, device: str):
 
 
 def embedded_benchmark(out: str | Path) -> Path:
-    """Build the embedded benchmark (two timesteps) into ``out``; returns the folder."""
+    """Build the embedded benchmark (two timesteps) into ``out``, anew (it takes a second
+    and is the same every time); returns the folder."""
+    shutil.rmtree(out, ignore_errors=True)
     build(embedded_snapshots(), out)
     return Path(out)
 
@@ -201,13 +185,18 @@ def run(
     tokenizer=None,
     editor=None,
     resume: bool = False,
+    overwrite: bool = False,
+    save_model: bool = False,
 ) -> dict:
     """Run one method through the lifelong loop, checkpointing after every timestep.
 
     Everything is checked before the run folder is written: the method and its
     hyperparameters, the benchmark, the device, and (with ``resume``) that the folder's
-    stored config is this one, the device aside. Without ``resume`` a folder that holds
-    a run is refused. The model stays float32 on every device (see docs/editing.md).
+    stored config and inputs are these, the device aside. Without ``resume`` a non-empty
+    folder is refused unless ``overwrite``. ``save_model`` writes what the method changed
+    after the last timestep (``Editor.save``: the edited model as safetensors, LoRA's
+    adapter as well, RAG's memory). The model stays float32 on every device (see
+    docs/editing.md).
     """
     from lucidml.core.zoo import load_llm
     from lucidml.editing import methods
@@ -217,17 +206,16 @@ def run(
     bench_dir = Path(cfg.benchmark) if cfg.benchmark else None
     timesteps = B.load_benchmark(bench_dir) if bench_dir else None
     device = resolve_device(cfg.device)
-    target = run_dir_path("editing", out)
-    if resume:
-        check_resume(target, cfg, ignore=("device",))
-    elif (target / "checkpoints").is_dir():
-        raise InputError(f"{target} already holds a run; pass --resume to continue it")
+    folder_checks = dict(
+        resume=resume, overwrite=overwrite, inputs=path_inputs(model=cfg.model, benchmark=bench_dir)
+    )
+    target = claim("editing", out, cfg, **folder_checks, dry_run=True)  # before the model loads
     seed_everything(cfg.seed)
     if model is None:
         log.info("loading %s on %s", cfg.model, device)
         model, tokenizer = load_llm(cfg.model, device=device)
     editor.check(model)
-    r = Run("editing", target, cfg)
+    r = Run("editing", target, cfg, **folder_checks)
     if timesteps is None:
         timesteps = B.load_benchmark(embedded_benchmark(r / "benchmark"))
     if cfg.max_edits is not None:
@@ -236,7 +224,10 @@ def run(
     result = run_lifelong(
         model, tokenizer, editor, timesteps, cfg.eval, r, cfg.skip_known, cfg.seed
     )
-    result.pop("model")
+    edited = result.pop("model")
+    if save_model:
+        saved = editor.save(r.path, edited, tokenizer)
+        log.info("saved %s in %s", ", ".join(saved), r.path)
     results = {
         "method": cfg.method,
         "model": cfg.model,
@@ -326,14 +317,16 @@ QUICK_CANARY_TOKENS = 512  # the canary costs as much as scoring the edits: a qu
 QUICK_HPARAMS = {"lora": {"epochs": 2}}
 
 
-def demo(out_dir: Path, quick: bool = False, device: str | None = None) -> Path:
-    """Build the embedded benchmark and run every method on SmolLM2 (``quick``: LoRA, RAG
-    and MEMIT on 4 edits per timestep with short recipes); writes report.html."""
+def demo(
+    out_dir: Path, quick: bool = False, device: str | None = None, overwrite: bool = False
+) -> Path:
+    """Build the embedded benchmark and run every method on SmolLM2 (``quick``: LoRA and
+    RAG on 4 edits per timestep with short recipes); writes report.html."""
     from lucidml.core.zoo import load_llm
     from lucidml.editing import methods
 
     device = resolve_device(device)
-    out_dir = Path(out_dir)
+    out_dir = claim("editing", out_dir, overwrite=overwrite)
     bench = embedded_benchmark(out_dir / "benchmark")
     model, tok = load_llm(device=device)
     base = {n: p.detach().clone() for n, p in model.state_dict().items()}

@@ -12,7 +12,17 @@ from typing import Annotated
 
 import typer
 
-from lucidml.core.options import ConfigFile, Device, Out, Quick, Quiet, Resume, Seed, start
+from lucidml.core.options import (
+    ConfigFile,
+    Device,
+    Out,
+    Overwrite,
+    Quick,
+    Quiet,
+    Resume,
+    Seed,
+    start,
+)
 from lucidml.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, help="WikiBigEdit: lifelong knowledge editing.")
@@ -54,6 +64,7 @@ def parse(
     ] = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Parse a dump into a snapshot folder (triples.parquet, labels.parquet).
 
@@ -73,7 +84,7 @@ def parse(
         best_rank=best_rank,
         block_bytes=block_bytes,
     )
-    folder, stats = api.parse(cfg, out, resume)
+    folder, stats = api.parse(cfg, out, resume, overwrite)
     if stats is None:  # not the main process
         return
     skipped = stats["skipped_lines"]
@@ -113,6 +124,7 @@ def build(
     device: Device = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Build benchmark timesteps from consecutive snapshots.
 
@@ -131,7 +143,7 @@ def build(
         seed=seed,
         device=device,
     )
-    folder, manifest = api.build([old, *new], out, cfg, resume=resume)
+    folder, manifest = api.build([old, *new], out, cfg, resume=resume, overwrite=overwrite)
     for step in manifest["timesteps"]:
         typer.echo(
             f"timestep {step['timestep']}: {step['kept']} records of "
@@ -191,10 +203,19 @@ def run(
             show_default="edit-known",
         ),
     ] = None,
+    save_model: Annotated[
+        bool,
+        typer.Option(
+            "--save-model",
+            help="Write what the method changed: model/ (safetensors), LoRA's "
+            "adapter.safetensors, RAG's memory.json.",
+        ),
+    ] = False,
     seed: Seed = None,
     device: Device = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Apply the timesteps in order with one method, evaluating after each."""
     start(quiet)
@@ -214,7 +235,8 @@ def run(
     )
     if cli_hparams:
         cfg = cfg.updated(hparams={**cfg.hparams, **cli_hparams})
-    results = api.run(cfg, out, resume=resume)  # checks everything before it writes
+    # checks everything before it writes
+    results = api.run(cfg, out, resume=resume, overwrite=overwrite, save_model=save_model)
     typer.echo(f"final: {json.dumps({k: round(v, 3) for k, v in results['final'].items()})}")
 
 
@@ -224,16 +246,17 @@ def demo(
     quick: Quick = False,
     device: Device = None,
     quiet: Quiet = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Every method on the embedded benchmark with SmolLM2; writes report.html.
 
-    --quick runs one method of each family (LoRA, RAG, MEMIT) on 4 edits per timestep.
+    --quick runs LoRA against RAG on 4 edits per timestep.
     """
     start(quiet)
     from lucidml.core.config import resolve_device
-    from lucidml.core.runs import make_run_dir
+    from lucidml.core.runs import run_dir_path
     from lucidml.editing import api
 
     resolved = resolve_device(device)  # before the run folder is made
-    path = api.demo(make_run_dir("editing", out), quick=quick, device=resolved)
+    path = api.demo(run_dir_path("editing", out), quick=quick, device=resolved, overwrite=overwrite)
     typer.echo(f"report -> {path}")

@@ -23,8 +23,9 @@ from lucidml.core.runs import (
     Run,
     atomic_write_bytes,
     atomic_write_text,
+    claim,
     environment,
-    make_run_dir,
+    path_inputs,
     run_dir_path,
     to_json,
     write_json,
@@ -82,11 +83,13 @@ def fit(
     out: str | Path | None = None,
     resume: bool = False,
     device: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[BayesVLM, Path]:
     """Fit K-FAC factors on image-caption pairs and the prior precision; save them.
     The running factor sums are checkpointed after every class batch; ``resume`` picks
     them up from the run folder ``out`` and skips the batches already counted; sums
-    made from other pairs, another model or other batch settings are refused."""
+    made from other pairs, another model or other batch settings are refused (the run
+    folder's stored config and inputs are checked first, see ``core.runs.claim``)."""
     config = config or FitJobConfig()
     device = _start(device, config.seed)
     resume_dir = _resume_folder(out, resume)
@@ -99,12 +102,19 @@ def fit(
         "pairs": checkpoints.fingerprint(images, captions),
         **config.model_dump(include={"class_batch", "data_batch", "encode_batch"}),
     }
+    run = Run(
+        SYSTEM,
+        out,
+        config,
+        resume=resume,
+        overwrite=overwrite,
+        inputs=path_inputs(model=config.model, pairs=config.pairs),
+    )
     sums = None
     if resume_dir is not None:
         sums = checkpoints.load_sums(resume_dir / "checkpoints", identity, bvlm.device)
         if sums is None:
             log.info("no checkpoint in %s: fitting from the first class batch", resume_dir)
-    run = Run(SYSTEM, out, config)
     log.info(
         "fitting the posterior of %s on %d image-caption pairs (encoders on %s, "
         "float64 factors on %s)",
@@ -149,6 +159,7 @@ def zeroshot(
     config: ZeroshotJobConfig | None = None,
     out: str | Path | None = None,
     device: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Zero-shot predictions with uncertainty; metrics when the images carry labels."""
     config = config or ZeroshotJobConfig()
@@ -159,13 +170,14 @@ def zeroshot(
     data.check_labels(labels, len(class_names), "image")
     vlm = load_model(config.model, device)
     bvlm = BayesVLM.load(vlm, hessian)
+    vlm.preprocess(x[:1])  # a wrong size or channel count fails before any write
+    run = Run(SYSTEM, out, config, overwrite=overwrite)
     img = image_inputs(vlm, x, bvlm.config.encode_batch)
     cls = bvlm.class_inputs(class_names, config.templates)
     log.info("zero-shot on %d images and %d classes (%s)", len(x), len(class_names), device)
     logits = bvlm.logits(img, cls)
     probs = logits.probs(config.predictive, config.mc_samples, config.seed)
 
-    run = Run(SYSTEM, out, config)
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -207,6 +219,7 @@ def active(
     out: str | Path | None = None,
     resume: bool = False,
     device: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Select a support set from the labelled pool for the targets; with target labels,
     also tune on it and report accuracy and ECE against the budget. Each finished
@@ -226,6 +239,19 @@ def active(
     data.check_labels(target_y, len(class_names), "target")
     vlm = load_model(config.model, device)
     bvlm = BayesVLM.load(vlm, hessian)
+    vlm.preprocess(pool_x[:1])  # a wrong size or channel count fails before any write
+    vlm.preprocess(target_x[:1])
+    run = Run(
+        SYSTEM,
+        out,
+        config,
+        resume=resume,
+        overwrite=overwrite,
+        inputs=path_inputs(
+            model=config.model, hessian=hessian, pool=config.pool, targets=config.targets
+        ),
+        per_item=True,  # rows are keyed on their inputs: a changed setting redoes its rows
+    )
     pool_in = image_inputs(vlm, pool_x, bvlm.config.encode_batch)
     target_in = image_inputs(vlm, target_x, bvlm.config.encode_batch)
     cls = bvlm.class_inputs(class_names)
@@ -245,8 +271,6 @@ def active(
         "targets": checkpoints.fingerprint(target_x, target_y),
         "classes": class_names,
     }
-
-    run = Run(SYSTEM, out, config)
     results = {
         "strategy": config.strategy,
         "budget": config.budget,
@@ -286,7 +310,9 @@ def active(
     return rep.save(run.path)
 
 
-def demo(out_dir: str | Path, quick: bool = False, device: str | None = None) -> Path:
+def demo(
+    out_dir: str | Path, quick: bool = False, device: str | None = None, overwrite: bool = False
+) -> Path:
     """digits-clip: factors from the digits train pairs; MAP vs BayesVLM zero-shot on clean
     and shifted digits; active-learning curves for the four strategies on noisy digits.
     ``quick`` (the tour's) tunes for 30 epochs instead of 100 at budgets 10 and 50 only,
@@ -294,7 +320,7 @@ def demo(out_dir: str | Path, quick: bool = False, device: str | None = None) ->
     from lucidml.core.zoo import load_digits
 
     device = _start(device, 0)
-    out_dir = make_run_dir(SYSTEM, out_dir)
+    out_dir = claim(SYSTEM, out_dir, overwrite=overwrite)
     d, vlm = load_digits(), load_model("digits-clip", device)
     post_cfg, pred_cfg = PosteriorConfig(), PredictConfig()
     captions = data.digits_captions(d.train_y, d.class_names)

@@ -10,7 +10,17 @@ from typing import Annotated
 
 import typer
 
-from lucidml.core.options import ConfigFile, Device, Out, Quick, Quiet, Resume, Seed, start
+from lucidml.core.options import (
+    ConfigFile,
+    Device,
+    Out,
+    Overwrite,
+    Quick,
+    Quiet,
+    Resume,
+    Seed,
+    start,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -71,6 +81,7 @@ def fit(
     device: Device = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Fit K-FAC factors on image-caption pairs and the prior precision by marginal likelihood."""
     start(quiet)
@@ -80,7 +91,7 @@ def fit(
     cfg = FitJobConfig.from_cli(
         config, model=model, pairs=pairs, damping=damping, compat_logdet=compat_logdet, seed=seed
     )
-    bvlm, path = api.fit(cfg, out, resume=resume, device=device)
+    bvlm, path = api.fit(cfg, out, resume=resume, device=device, overwrite=overwrite)
     lam = bvlm.prior_precision
     typer.echo(f"prior precision: image {lam['image']:.4g}, text {lam['text']:.4g}")
     typer.echo(f"posterior: {path.resolve()}")
@@ -108,6 +119,7 @@ def zeroshot(
     seed: Seed = None,
     device: Device = None,
     quiet: Quiet = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Zero-shot class probabilities with BayesVLM uncertainty (metrics when labelled).
     One pass over the images, so there is nothing to --resume."""
@@ -124,7 +136,7 @@ def zeroshot(
         predictive=predictive,
         seed=seed,
     )
-    report = api.zeroshot(cfg, out, device=device)
+    report = api.zeroshot(cfg, out, device=device, overwrite=overwrite)
     typer.echo(f"report: {report.resolve()}")
 
 
@@ -192,6 +204,7 @@ def active(
     device: Device = None,
     quiet: Quiet = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Pick a support set from the pool for the targets, tune on it, report the curves.
     Each finished (budget, seed) row is checkpointed; --resume reuses unchanged ones."""
@@ -213,7 +226,7 @@ def active(
         seeds=seeds,
         seed=seed,
     )
-    report = api.active(cfg, out, resume=resume, device=device)
+    report = api.active(cfg, out, resume=resume, device=device, overwrite=overwrite)
     typer.echo(f"report: {report.resolve()}")
 
 
@@ -223,11 +236,14 @@ def demo(
     quick: Quick = False,
     device: Device = None,
     quiet: Quiet = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """digits-clip: MAP vs BayesVLM on clean and shifted digits, active-learning curves."""
     start(quiet)
     from lucidml.core.runs import run_dir_path
     from lucidml.uncertainty import api
 
-    report = api.demo(run_dir_path("uncertainty", out), quick=quick, device=device)
+    report = api.demo(
+        run_dir_path("uncertainty", out), quick=quick, device=device, overwrite=overwrite
+    )
     typer.echo(f"report: {report.resolve()}")

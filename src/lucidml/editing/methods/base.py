@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -44,6 +45,14 @@ class Editor(ABC):
 
     def state_dict(self) -> dict:
         return {}
+
+    def save(self, folder: Path, model, tokenizer) -> list[str]:
+        """Write what this editor changed into ``folder``; returns the names written.
+        By default the edited model as a Hugging Face folder (``model/``, safetensors,
+        with its tokenizer), loadable as ``--model FOLDER/model``."""
+        model.save_pretrained(folder / "model", safe_serialization=True)
+        tokenizer.save_pretrained(folder / "model")
+        return ["model"]
 
     def load_state_dict(self, state: dict) -> None:
         return None

@@ -119,6 +119,27 @@ class LoRA(Editor):
     def state_dict(self):
         return {"adapter": self.adapter, "base": self.base}
 
+    def save(self, folder, model, tokenizer):
+        """The merged model, and in ``continue`` mode the adapter (``adapter.safetensors``,
+        peft's state-dict keys, its r/alpha/targets in the metadata) for
+        ``set_peft_model_state_dict`` on a peft-wrapped base model."""
+        from safetensors.torch import save
+
+        from lucidml.core.runs import atomic_write_bytes
+
+        written = super().save(folder, model, tokenizer)
+        if self.adapter:
+            cfg = self.config
+            meta = {
+                "r": str(cfg.r),
+                "alpha": str(cfg.alpha),
+                "targets": ",".join(cfg.target_modules),
+            }
+            tensors = {k: v.contiguous() for k, v in self.adapter.items()}
+            atomic_write_bytes(folder / "adapter.safetensors", save(tensors, metadata=meta))
+            written.append("adapter.safetensors")
+        return written
+
     def load_state_dict(self, state):
         self.adapter, self.base = state["adapter"], state["base"]
 

@@ -81,5 +81,13 @@ class RAG(Editor):
         # a tensor, not an array: checkpoints load with weights_only, which refuses NumPy
         return {"memory": self.memory, "keys": torch.from_numpy(self.keys)}
 
+    def save(self, folder, model, tokenizer):
+        """RAG leaves the weights alone: its edit is the memory, written as
+        ``memory.json`` (question, answer pairs in the order they were added)."""
+        from lucidml.core.runs import write_json
+
+        write_json(folder / "memory.json", [list(pair) for pair in self.memory])
+        return ["memory.json"]
+
     def load_state_dict(self, state):
         self.memory, self.keys = [tuple(p) for p in state["memory"]], state["keys"].numpy()
