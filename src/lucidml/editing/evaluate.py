@@ -131,7 +131,8 @@ def _answer_window(mask: torch.Tensor) -> int:
     return int((mask.shape[1] - first).max()) + 1
 
 
-def _keeps_logits(model) -> bool:
+def keeps_logits(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs)."""
     import inspect
 
     return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -156,7 +157,7 @@ def score(
     """
     ctx = _contexts(len(questions), contexts, few_shot)
     device = next(model.parameters()).device
-    trim = _keeps_logits(model)
+    trim = keeps_logits(model)
     acc, preds = [], []
     for i in track(range(0, len(questions), batch_size), "scoring batches"):
         sl = slice(i, i + batch_size)

@@ -17,7 +17,7 @@ import torch
 from lucidml.core.config import Config
 from lucidml.core.hooks import Site, capture, decoder_blocks, get_module, n_layers, patch
 from lucidml.core.progress import track
-from lucidml.editing.evaluate import FEW_SHOT, encode_texts, format_example
+from lucidml.editing.evaluate import FEW_SHOT, encode_texts, format_example, keeps_logits
 from lucidml.editing.methods.base import Editor
 from lucidml.errors import ModelError
 
@@ -158,6 +158,22 @@ def _forward(model, b):
     )
 
 
+def selected_logits(model, b, keep: torch.Tensor) -> torch.Tensor:
+    """Logits at the True positions of ``keep`` (B, T), flattened row by row to (K, V).
+    The LM head runs only there where the model takes a ``logits_to_keep`` mask: on
+    SmolLM2 the head over every position is a fifth of a forward pass, and an edit's
+    losses read a few positions per row."""
+    if keeps_logits(model):
+        logits = model(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            position_ids=b.position_ids,
+            logits_to_keep=keep,
+        ).logits
+        return logits.reshape(-1, logits.shape[-1])
+    return _forward(model, b).logits[keep]
+
+
 def _at_subject(x: torch.Tensor, eb: EditBatch) -> torch.Tensor:
     return x[torch.arange(len(x), device=x.device), eb.subject_pos]
 
@@ -234,11 +250,13 @@ def optimize_deltas(
     device = next(model.parameters()).device
     full = edit_batch(tokenizer, records, cfg.prefixes, device, kl_rows=True)
     n = len(records)
-    with torch.no_grad(), capture(model, [module]) as acts:
-        base_logits = _forward(model, full.inputs).logits
-    h = full.record_mean(_at_subject(acts[module], full))
     kl_rows = full.kl_row.nonzero().squeeze(-1)  # one per record, in record order
-    base_logp = torch.log_softmax(base_logits[kl_rows, full.last[kl_rows]].float(), -1)
+    at_kl = torch.zeros_like(full.labels, dtype=torch.bool)
+    at_kl[kl_rows, full.last[kl_rows]] = True
+    with torch.no_grad(), capture(model, [module]) as acts:
+        base_logits = selected_logits(model, full.inputs, at_kl)
+    h = full.record_mean(_at_subject(acts[module], full))
+    base_logp = torch.log_softmax(base_logits.float(), -1)
     del base_logits, acts
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.v_lr)
@@ -285,25 +303,30 @@ def _edit_losses(model, module, eb: EditBatch, delta, base_logp, n: int):
         x[rows, eb.subject_pos] += delta[eb.record]
         return x
 
+    # the positions read: those predicting an answer token (edit rows), the last (KL rows)
+    predicts_answer = torch.zeros_like(eb.labels, dtype=torch.bool)
+    predicts_answer[:, :-1] = (eb.labels[:, 1:] != -100) & ~eb.kl_row[:, None]
+    keep = predicts_answer.clone()
+    kl_rows = eb.kl_row.nonzero().squeeze(-1)
+    keep[kl_rows, eb.last[kl_rows]] = True
     with patch(model, module, add_delta):
-        logits = _forward(model, eb.inputs).logits
-    edit_rows = (~eb.kl_row).nonzero().squeeze(-1)
-    labels = eb.labels[edit_rows, 1:]
-    m = labels != -100
-    # log-softmax only where an answer token is predicted; each record's answer tokens,
-    # over all its prefixed rows, weigh equally in its NLL
-    answer_logits = logits[edit_rows, :-1][m].float()
-    tok_lp = answer_logits.gather(-1, labels[m].unsqueeze(-1)).squeeze(-1)
+        logits = selected_logits(model, eb.inputs, keep)
+    row, pos = keep.nonzero(as_tuple=True)  # the order of the flattened logits
+    on_answer = predicts_answer[row, pos]
+    # each record's answer tokens, over all its prefixed rows, weigh equally in its NLL
+    answer_logits = logits[on_answer].float()
+    targets = eb.labels[row[on_answer], pos[on_answer] + 1]
+    tok_lp = answer_logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     tok_lp = tok_lp - answer_logits.logsumexp(-1)
-    answer_record = eb.record[edit_rows].unsqueeze(-1).expand_as(m)[m]
+    answer_record = eb.record[row[on_answer]]
     total = torch.zeros(n, device=delta.device).index_add(0, answer_record, tok_lp)
     nll = -total / torch.bincount(answer_record, minlength=n).clamp(min=1)
-    kl_rows = eb.kl_row.nonzero().squeeze(-1)
-    kl_logp = torch.log_softmax(logits[kl_rows, eb.last[kl_rows]].float(), -1)
+    kl_record = eb.record[row[~on_answer]]
+    kl_logp = torch.log_softmax(logits[~on_answer].float(), -1)
     kl_each = torch.nn.functional.kl_div(
-        kl_logp, base_logp[eb.record[kl_rows]], log_target=True, reduction="none"
+        kl_logp, base_logp[kl_record], log_target=True, reduction="none"
     ).sum(-1)
-    kl = torch.zeros(n, device=delta.device).index_add(0, eb.record[kl_rows], kl_each)
+    kl = torch.zeros(n, device=delta.device).index_add(0, kl_record, kl_each)
     return nll, kl
 
 
