@@ -142,7 +142,7 @@ def run_tour(
         raise InputError(f"not built yet, so no demo: {', '.join(unbuilt)}")
     device = resolve_device(device)
     echo = echo or (lambda line: None)
-    root = claim("tour", out, overwrite=overwrite)
+    root = claim("tour", out, overwrite=overwrite, resumable=False)
     jobs = [("core", "Embedded defaults", core_demo)] if not names or "core" in names else []
     jobs += [(s.name, s.title, s.demo) for s in selected]
     entries = [

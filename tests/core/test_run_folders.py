@@ -168,3 +168,10 @@ def test_a_wait_on_another_process_lock_is_announced(monkeypatch, tmp_path, capl
     with caplog.at_level(logging.INFO), zoo._lock("thing"):
         pass
     assert "waiting" not in caplog.text
+
+
+def test_a_command_without_resume_does_not_offer_it(tmp_path):
+    runs.Run("core", tmp_path, Job(), resumable=False)
+    with pytest.raises(InputError) as refused:
+        runs.Run("core", tmp_path, Job(), resumable=False)
+    assert "--resume" not in str(refused.value) and "--overwrite" in str(refused.value)

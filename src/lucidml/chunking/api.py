@@ -221,7 +221,7 @@ def rnn_job(cfg: RNNConfig, out: str | Path | None = None, overwrite: bool = Fal
     if device != "cpu":
         log.info("the RNN and DSC run on the CPU: 12 units step by step gain nothing on %s", device)
     cfg = cfg.resolved()
-    run = Run("chunking", out, cfg, overwrite=overwrite)
+    run = Run("chunking", out, cfg, overwrite=overwrite, resumable=False)
     log.info("training the RNN on %s", cfg.regime)
     exp = rnn_experiment(cfg)
     report = Report(f"Neural chunking: RNN on {cfg.regime}")
@@ -893,7 +893,7 @@ def run_demo(
     from lucidml.chunking.corpus import PROMPTS, everyday_sentences
 
     device = resolve_device(device)
-    out_dir = claim("chunking", out_dir, overwrite=overwrite)
+    out_dir = claim("chunking", out_dir, overwrite=overwrite, resumable=False)
     report = Report("Neural population chunking (lucidml.chunking)")
     results: dict = {"quick": quick, "rnn": {}}
     for regime, changes in plan.regimes.items():

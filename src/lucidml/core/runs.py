@@ -245,15 +245,17 @@ def _holds_anything(path: Path) -> bool:
     return path.is_dir() and any(not p.name.startswith(".lucid-") for p in path.iterdir())
 
 
-def _fresh_refusal(path: Path, overwrite: bool, empty: bool = True) -> str | None:
+def _fresh_refusal(
+    path: Path, overwrite: bool, empty: bool = True, resumable: bool = True
+) -> str | None:
     """Why a new run may not start in ``path`` (None: it may); on ``overwrite`` the
     folder of an earlier run is emptied (if ``empty``; else only checked)."""
     if not _holds_anything(path):
         return None
     if not overwrite:
-        return (
-            f"{path} is not empty; pass --resume to continue its run, or --overwrite to replace it"
-        )
+        if resumable:
+            return f"{path} is not empty; pass --resume to continue its run, or --overwrite to replace it"
+        return f"{path} is not empty; pass --overwrite to replace its run, or choose another --out"
     if not _is_run(path):
         return (
             f"{path} holds files but no run (no {CONFIG_FILE}); --overwrite empties only run "
@@ -344,6 +346,7 @@ def claim(
     may_change: tuple[str, ...] = ("device",),
     per_item: bool = False,
     dry_run: bool = False,
+    resumable: bool = True,
 ) -> Path:
     """Make the run folder of a command, after checking that it may write there.
 
@@ -357,7 +360,9 @@ def claim(
 
     Nothing is written before the checks pass; a refusal is an InputError naming the
     first difference. ``dry_run`` only checks (and changes nothing), so a command can
-    refuse before loading a model and claim the folder once its own checks pass. The
+    refuse before loading a model and claim the folder once its own checks pass; a
+    command without ``--resume`` passes ``resumable=False``, so a refusal does not offer
+    it. The
     main process decides; with several processes the others take its answer, and
     ``config.yaml`` and ``inputs.json`` are written once, by it.
     """
@@ -370,7 +375,9 @@ def claim(
     if resume:
         _decided_by_main(lambda: _resume_refusal(path, config, prints, may_change, per_item))
     else:
-        _decided_by_main(lambda: _fresh_refusal(path, overwrite, empty=not dry_run))
+        _decided_by_main(
+            lambda: _fresh_refusal(path, overwrite, empty=not dry_run, resumable=resumable)
+        )
     if dry_run:
         return path
     path = make_run_dir(system, path)

@@ -211,7 +211,7 @@ def demo(
     process). ``quick`` shortens every recipe (``EvalConfig.quick``, ``DistillConfig.quick``)
     and scores soft labels at IPC 10 only."""
     device = resolve_device(device)
-    out_dir = claim("distill", out_dir, overwrite=overwrite)
+    out_dir = claim("distill", out_dir, overwrite=overwrite, resumable=False)
     data = load_dataset("digits")
     settings = [("hard", 1), ("hard", 10), *([] if quick else [("soft", 1)]), ("soft", 10)]
     rep = Report("DD-Ranking on digits: which distilled sets beat random real images?")

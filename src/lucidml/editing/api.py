@@ -326,7 +326,7 @@ def demo(
     from lucidml.editing import methods
 
     device = resolve_device(device)
-    out_dir = claim("editing", out_dir, overwrite=overwrite)
+    out_dir = claim("editing", out_dir, overwrite=overwrite, resumable=False)
     bench = embedded_benchmark(out_dir / "benchmark")
     model, tok = load_llm(device=device)
     base = {n: p.detach().clone() for n, p in model.state_dict().items()}

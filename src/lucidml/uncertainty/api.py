@@ -171,7 +171,7 @@ def zeroshot(
     vlm = load_model(config.model, device)
     bvlm = BayesVLM.load(vlm, hessian)
     vlm.preprocess(x[:1])  # a wrong size or channel count fails before any write
-    run = Run(SYSTEM, out, config, overwrite=overwrite)
+    run = Run(SYSTEM, out, config, overwrite=overwrite, resumable=False)
     img = image_inputs(vlm, x, bvlm.config.encode_batch)
     cls = bvlm.class_inputs(class_names, config.templates)
     log.info("zero-shot on %d images and %d classes (%s)", len(x), len(class_names), device)
@@ -320,7 +320,7 @@ def demo(
     from lucidml.core.zoo import load_digits
 
     device = _start(device, 0)
-    out_dir = claim(SYSTEM, out_dir, overwrite=overwrite)
+    out_dir = claim(SYSTEM, out_dir, overwrite=overwrite, resumable=False)
     d, vlm = load_digits(), load_model("digits-clip", device)
     post_cfg, pred_cfg = PosteriorConfig(), PredictConfig()
     captions = data.digits_captions(d.train_y, d.class_names)
