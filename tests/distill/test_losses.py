@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from lucidml.distill.config import EvalConfig
 from lucidml.distill.losses import LOSSES
+from lucidml.errors import ConfigError
 
 
 def cfg(**kw):
@@ -44,11 +45,26 @@ def test_kl_matches_torch_kl_div():
 
 
 def test_mse_ce_weights():
-    s, t = torch.randn(6, 10), torch.randn(6, 10)
-    ce = F.cross_entropy(s, t.argmax(1))
+    s, t, y = torch.randn(6, 10), torch.randn(6, 10), torch.randint(10, (6,))
+    ce = F.cross_entropy(s, y)
     mse = ((s - t) ** 2).mean()
-    got = LOSSES["mse_ce"](s, t, cfg(mse_weight=2.0, ce_weight=0.5))
+    got = LOSSES["mse_ce"](s, t, cfg(mse_weight=2.0, ce_weight=0.5), F.one_hot(y, 10).float())
     assert got.item() == pytest.approx((2 * mse + 0.5 * ce).item(), rel=1e-6)
+
+
+def test_mse_ce_cross_entropy_is_against_the_ground_truth_not_the_teacher():
+    # issue 15, item 6: the teacher's arg-max (class 0) differs from the true label (class 3)
+    s = torch.randn(4, 10)
+    teacher = torch.zeros(4, 10)
+    teacher[:, 0] = 5.0
+    truth = torch.full((4,), 3)
+    got = LOSSES["mse_ce"](
+        s, teacher, cfg(mse_weight=0.0, ce_weight=1.0), F.one_hot(truth, 10).float()
+    )
+    assert got.item() == pytest.approx(F.cross_entropy(s, truth).item(), rel=1e-6)
+    assert got.item() != pytest.approx(F.cross_entropy(s, teacher.argmax(1)).item(), rel=1e-3)
+    with pytest.raises(ConfigError, match="ground-truth labels"):
+        LOSSES["mse_ce"](s, teacher, cfg(ce_weight=1.0))
 
 
 def test_hard_ce_on_one_hot_equals_cross_entropy():

@@ -125,3 +125,36 @@ def test_select_by_val_and_by_test():
 def test_derive_seed_is_stable():
     assert derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(0, 2)
     assert 0 <= derive_seed("x", 3) < 2**31
+
+
+@pytest.mark.parametrize("engine", [train_batched, train_sequential])
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_members_labels_reach_the_loss_mixed_like_the_targets(digits, engine, with_teacher):
+    # issue 15, item 6: MSE+CE needs the ground truth beside teacher targets; CutMix mixes
+    # both with one lambda, and a teacher (mode M) replaces only the targets
+    x, onehot = _problem(digits, 2)
+    logits = torch.randn(len(x), 10)
+    members = [Member(x, logits, 0.01, derive_seed(3, 0), labels=onehot)]
+    seen = []
+
+    def loss(s, t, labels=None):
+        seen.append((t.detach().clone(), labels.detach().clone()))
+        return cross_entropy(s, labels, None)
+
+    def teacher(xb):
+        return torch.full((len(xb), 10), 7.0)
+
+    def model_fn():
+        return build_model("convnet", 1, 10, 8, depth=1, width=4)
+
+    recipe = RecipeConfig(epochs=2, batch_size=8, eval_every=2)
+    aug = Augmenter(None, "cutmix")
+    test = (digits.test_x[:50], digits.test_y[:50])
+    engine(members, model_fn, recipe, loss, aug, teacher if with_teacher else None, test)
+    assert len(seen) == 2 * 3  # 20 images in batches of 8, two epochs
+    for t, labels in seen:
+        assert labels.shape == t.shape == (len(labels), 10)
+        assert torch.allclose(labels.sum(1), torch.ones(len(labels)))  # mixed one-hot rows
+        if with_teacher:
+            assert torch.equal(t, torch.full_like(t, 7.0))
+    assert any((labels.max(1).values < 1).any() for _, labels in seen)  # CutMix mixed them

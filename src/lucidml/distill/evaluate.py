@@ -37,7 +37,7 @@ from lucidml.distill.data import (
     random_subset,
     stratified_split,
 )
-from lucidml.distill.losses import LOSSES
+from lucidml.distill.losses import LOSSES, LOSSES_READING_LABELS
 from lucidml.distill.models import build_model
 from lucidml.distill.scores import augmentation_robust_score, label_robust_score
 from lucidml.distill.teachers import TeacherEnsemble, cache_dir, load_or_train, load_teacher_files
@@ -225,13 +225,22 @@ class Evaluator:
         returns, per set, the selected checkpoint (``trainer.select``)."""
         cfg, seed = self.cfg, derive_seed(self.cfg.seed, run)
         labels, aug, grid = condition
+        loss_name = "ce" if labels == "hard" else cfg.loss
+        k = self.data.n_classes
         members = [
-            Member(x, self._targets(x, y, labels, stored), lr, seed)
+            Member(
+                x,
+                self._targets(x, y, labels, stored),
+                lr,
+                seed,
+                # MSE+CE's cross-entropy term is against the ground truth, not the teacher
+                labels=F.one_hot(y, k).float() if loss_name in LOSSES_READING_LABELS else None,
+            )
             for x, y, stored in sources
             for lr in grid
         ]
         soft_m = labels == "soft" and cfg.soft_label_mode == "M"
-        loss_fn = LOSSES["ce" if labels == "hard" else cfg.loss]
+        loss_fn = LOSSES[loss_name]
         LOG.info(
             "run %d: %d students, %s labels, %s",
             run,
@@ -243,7 +252,7 @@ class Evaluator:
             members,
             self.model_fn,
             cfg.recipe,
-            lambda s, t: loss_fn(s, t, cfg),
+            lambda s, t, labels=None: loss_fn(s, t, cfg, labels),
             self._augmenter(aug),
             self.teacher if soft_m else None,
             self.test,

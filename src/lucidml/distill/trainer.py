@@ -43,12 +43,28 @@ def derive_seed(*parts) -> int:
 
 @dataclass
 class Member:
-    """One student: its training images, (B, K) targets, learning rate and seed."""
+    """One student: its training images, (N, K) targets, learning rate and seed.
+
+    ``labels``, the ground-truth labels as (N, K) one-hot rows, is optional: when given,
+    augmentation mixes them exactly like the targets and the loss receives them as
+    ``labels=`` (MSE+CE's cross-entropy term reads them; a teacher never replaces them).
+    """
 
     x: torch.Tensor
     targets: torch.Tensor
     lr: float
     seed: int
+    labels: torch.Tensor | None = None
+
+
+def _packed(m: Member) -> torch.Tensor:
+    """Targets and labels side by side, so one augmentation call mixes both with one λ."""
+    return m.targets if m.labels is None else torch.cat([m.targets, m.labels], -1)
+
+
+def _unpacked(t: torch.Tensor, width: int, with_labels: bool):
+    """(targets, labels or None) from a packed batch whose targets are ``width`` wide."""
+    return (t[..., :width], t[..., width:]) if with_labels else (t, None)
 
 
 @dataclass
@@ -159,7 +175,13 @@ def _check_group(members: list[Member]) -> int:
     sizes = {len(m.x) for m in members}
     if len(sizes) != 1:
         raise ConfigError(f"a training group needs equal training-set sizes, got {sorted(sizes)}")
+    if len({m.labels is None for m in members}) != 1:
+        raise ConfigError("a training group needs labels on every member or on none")
     return sizes.pop()
+
+
+def _loss_value(loss: Callable, logits, targets, labels) -> torch.Tensor:
+    return loss(logits, targets) if labels is None else loss(logits, targets, labels=labels)
 
 
 def _is_eval_epoch(recipe: RecipeConfig, epoch: int) -> bool:
@@ -190,7 +212,8 @@ def train_batched(
     params = {k: v.detach().to(device).requires_grad_() for k, v in params.items()}
     base = copy.deepcopy(models[0]).to(device)
     opt = _Optimizer(params, torch.tensor([m.lr for m in members], device=device), recipe)
-    data = [(m.x.to(device), m.targets.to(device)) for m in members]
+    data = [(m.x.to(device), _packed(m).to(device)) for m in members]
+    width, with_labels = members[0].targets.shape[-1], members[0].labels is not None
     test, val = _on(device, test), _on(device, val)
     order_gens = [torch.Generator().manual_seed(m.seed) for m in members]
     aug_gens = [augment_generator(m.seed) for m in members]
@@ -209,14 +232,18 @@ def train_batched(
                     xb, tb = augment(xb, tb, gen)
                 xs.append(xb)
                 ts.append(tb)
-            xb, tb = torch.stack(xs), torch.stack(ts)
+            xb = torch.stack(xs)
+            tb, yb = _unpacked(torch.stack(ts), width, with_labels)
             if teacher is not None:
                 with torch.no_grad():
                     tb = teacher(xb.flatten(0, 1)).view(*xb.shape[:2], -1)
             logits = stacked_forward(base, params, xb)
             # Every loss is a batch mean, so G x the mean over all G*B rows is the sum of
             # the members' losses, whose gradient is each member's own gradient.
-            total = loss(logits.flatten(0, 1), tb.flatten(0, 1)) * len(members)
+            flat_labels = None if yb is None else yb.flatten(0, 1)
+            total = _loss_value(loss, logits.flatten(0, 1), tb.flatten(0, 1), flat_labels) * len(
+                members
+            )
             grads = dict(
                 zip(params, torch.autograd.grad(total, list(params.values())), strict=True)
             )
@@ -266,13 +293,17 @@ def train_sequential(
         )
         gen = augment_generator(m.seed)
         aug = None if augment is None else (lambda x, t, gen=gen: augment(x, t, gen))
+        targets, train_loss = (teacher if teacher is not None else m.targets), loss
+        if m.labels is not None:
+            targets = _packed(m)
+            aug, train_loss = _packed_hooks(aug, teacher, loss, m.targets.shape[-1])
         result = fit_classifier(
             init_model(model_fn, m.seed),
             (m.x, m.targets.argmax(1)),
             test,
             cfg,
-            targets=teacher if teacher is not None else m.targets,
-            loss=lambda s, t, _cfg: loss(s, t),
+            targets=targets,
+            loss=lambda s, t, _cfg, train_loss=train_loss: train_loss(s, t),
             augment=aug,
             val=val,
         )
@@ -284,6 +315,26 @@ def train_sequential(
         state = {k: v.cpu() for k, v in result.model.state_dict().items()}
         fitted.append(Fitted(m.lr, m.seed, history, state))
     return fitted
+
+
+def _packed_hooks(augment: Callable | None, teacher: Callable | None, loss: Callable, width: int):
+    """``fit_classifier`` carries one target tensor, so a member with labels trains on the
+    packed [targets | labels]: augmentation mixes both, the teacher relabels only the
+    target half, and the loss gets the halves apart."""
+
+    def packed_augment(x, t):
+        if augment is not None:
+            x, t = augment(x, t)
+        if teacher is not None:
+            with torch.no_grad():
+                t = torch.cat([teacher(x), t[:, width:]], -1)
+        return x, t
+
+    def packed_loss(s, t):
+        targets, labels = _unpacked(t, width, True)
+        return loss(s, targets, labels=labels)
+
+    return packed_augment, packed_loss
 
 
 ENGINES = {"batched": train_batched, "sequential": train_sequential}
