@@ -130,16 +130,21 @@ class Evaluator:
         return self
 
     def real_key(self) -> dict:
-        """What the real-data models (Acc(D_real) and the teachers) depend on."""
-        cfg = self.cfg
+        """What the real-data models (Acc(D_real) and the teachers) depend on: everything
+        ``teachers.train_real`` reads, so two recipes never share a cached teacher."""
+        cfg, aug = self.cfg, self.cfg.augment
         return {
             "data": self.data_key,
             "split": cfg.selection,
             "val_fraction": cfg.val_fraction,
             "model": cfg.model.model_dump(),
             "real": cfg.real.model_dump(),
-            "dsa": cfg.augment.dsa_strengths() if cfg.augment.dsa else None,  # what the real
-            "zca": cfg.augment.zca_eps if cfg.augment.zca else None,  # recipe uses, no mixing
+            # the augmentation the real recipe uses (DSA ops and strategy, ZCA; no mixing)
+            "dsa": aug.dsa_strengths() if aug.dsa else None,
+            "dsa_strategy": aug.dsa_strategy if aug.dsa else None,
+            "zca": aug.zca_eps if aug.zca else None,
+            # batched and sequential training round differently
+            "engine": pick_engine(cfg.engine, self.model_fn).__name__,
             "teachers": cfg.num_teachers,
             "seed": cfg.seed,
         }
