@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import math
-
 import matplotlib.pyplot as plt
 import numpy as np
 
-RANDOM_LEVEL = 1 / (1 + math.e)  # the score of a set exactly as good as random real images
+# The baseline method whose scores the leaderboard draws as reference lines: the score of
+# random real images under this run's recipe. (1/(1+e), the score at alpha = 0, equals it
+# only when HLR = 0, so random's own LRS lies below 1/(1+e) whenever HLR > 0.)
+BASELINE = "random"
 
 
 def leaderboard_figure(methods: dict[str, dict], title: str):
-    """Grouped bars of LRS and ARS per method, with std error bars."""
+    """Grouped bars of LRS and ARS per method, with std error bars, and dashed lines at
+    the LRS and ARS of the ``random`` method when the leaderboard has it."""
     names = sorted(methods, key=lambda m: -methods[m]["lrs_mean"])
     pos = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(names)), 3.4))
     for shift, key, label in ((-0.2, "lrs", "LRS"), (0.2, "ars", "ARS")):
-        ax.bar(
+        bars = ax.bar(
             pos + shift,
             [methods[m][f"{key}_mean"] for m in names],
             0.4,
@@ -24,10 +26,30 @@ def leaderboard_figure(methods: dict[str, dict], title: str):
             capsize=3,
             label=label,
         )
-    ax.axhline(RANDOM_LEVEL, color="k", ls="--", lw=0.8)
+        if BASELINE in methods:
+            ax.axhline(
+                methods[BASELINE][f"{key}_mean"],
+                color=bars.patches[0].get_facecolor(),
+                ls="--",
+                lw=0.8,
+                label=f"{label} of {BASELINE}",
+            )
     ax.set(xticks=pos, xticklabels=names, ylim=(0, 1), ylabel="score", title=title)
     ax.legend(frameon=False)
     return fig
+
+
+def leaderboard_caption(methods: dict[str, dict]) -> str:
+    """What the leaderboard figure's reference lines are."""
+    text = "LRS and ARS, mean with std error bars over runs"
+    if BASELINE not in methods:
+        return text + "; no random baseline in this leaderboard, so no reference lines."
+    return (
+        text + "; the dashed lines are the mean LRS and ARS of the random method (random "
+        "real images) in this run, the scores a distilled set must beat; random's LRS lies "
+        "below 1/(1+e) ≈ 0.269, the score at IOR = HLR = 0, whenever its hard-label gap to "
+        "full data (HLR) is positive."
+    )
 
 
 def soft_vs_hard_figure(boards: dict[str, dict]):
