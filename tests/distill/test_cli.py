@@ -163,3 +163,55 @@ def test_score_with_stored_soft_labels_uses_mode_s(digits, tmp_path, tiny_preset
         capsys,
     )
     assert code == 2 and "soft_labels" in err
+
+
+def test_soft_labels_inside_the_images_file_are_scored_in_mode_s(
+    digits, tmp_path, tiny_preset, capsys
+):
+    # issue 15, item 1: a dict file with images, labels and soft_labels (no --soft-labels)
+    idx = torch.arange(0, 200, 20)
+    path = tmp_path / "with_soft.pt"
+    soft = torch.randn(10, 10)
+    torch.save(
+        {"images": digits.train_x[idx], "labels": digits.train_y[idx], "soft_labels": soft}, path
+    )
+    out = tmp_path / "score"
+    args = ["distill", "score", "--images", str(path), "--preset", str(tiny_preset)]
+    code, _, err = run_cli([*args, "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["label_regime"] == "soft" and results["soft_label_mode"] == "S"
+    assert results["input_scaling"] == "none"
+    assert "regime: soft" in (out / "config.yaml").read_text()  # config.yaml reproduces it
+    # a file without soft labels stays hard, and says so
+    plain = tmp_path / "plain.pt"
+    torch.save({"images": digits.train_x[idx], "labels": digits.train_y[idx]}, plain)
+    out = tmp_path / "hard"
+    args = ["distill", "score", "--images", str(plain), "--preset", str(tiny_preset)]
+    assert run_cli([*args, "--out", str(out), "--quiet"], capsys)[0] == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["label_regime"] == "hard" and results["soft_label_mode"] is None
+
+
+def test_normalised_images_are_refused_without_input_norm(digits, tmp_path, tiny_preset, capsys):
+    # issue 15, item 3: values in [-2, 2.5] are not [0, 1] pixels
+    idx = torch.arange(0, 200, 20)
+    x = digits.train_x[idx]
+    normalised = (x - 0.5) / 0.5
+    normalised[0, 0, 0, 0], normalised[0, 0, 0, 1] = -2.0, 2.5
+    path = tmp_path / "normalised.pt"
+    torch.save({"images": normalised, "labels": digits.train_y[idx]}, path)
+    out = tmp_path / "run"
+    args = ["distill", "score", "--images", str(path), "--preset", str(tiny_preset)]
+    code, _, err = run_cli([*args, "--out", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "[-2, 2.5]" in err and "--input-norm" in err
+    assert not out.exists()  # refused before the run folder is claimed
+    # with --input-norm the same file is un-normalised and scored
+    normalised[0, 0, 0, 0], normalised[0, 0, 0, 1] = -1.0, 1.0
+    torch.save({"images": normalised, "labels": digits.train_y[idx]}, path)
+    code, _, err = run_cli([*args, "--input-norm", "0.5,0.5", "--out", str(out), "-q"], capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["input_scaling"] == "x*std+mean"
+    assert "input_norm:" in (out / "config.yaml").read_text()

@@ -42,3 +42,18 @@ def test_invalid_recipes_are_rejected(tmp_path):
     bad.write_text("num_eval: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         EvalConfig.preset(str(bad))
+
+
+def test_input_norm_parses_and_a_config_value_is_kept(tmp_path):
+    from lucidml.distill.config import ScoreConfig
+
+    assert ScoreConfig(images="a.pt", input_norm="0.5,0.25").input_norm == [0.5, 0.25]
+    with pytest.raises(ConfigError, match="means then stds"):
+        ScoreConfig.from_dict({"images": "a.pt", "input_norm": "0.5"})
+    with pytest.raises(ConfigError, match="stds must be positive"):
+        ScoreConfig.from_dict({"images": "a.pt", "input_norm": [0.5, 0.0]})
+    ScoreConfig(images="a.pt", input_norm=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]).to_yaml(
+        tmp_path / "j.yaml"
+    )
+    kept = ScoreConfig.from_cli(tmp_path / "j.yaml", input_norm=None)  # the option not given
+    assert kept.input_norm == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]

@@ -152,7 +152,16 @@ def score(
     """
     device = resolve_device(cfg.eval.device)
     data = load_dataset(cfg.dataset, cfg.data_root)
-    x, y, soft = load_distilled(cfg.images, data, cfg.labels, cfg.soft_labels)
+    # Loading checks shapes, labels and the pixel range: all before the run folder exists.
+    x, y, soft, input_scaling = load_distilled(
+        cfg.images, data, cfg.labels, cfg.soft_labels, cfg.input_norm
+    )
+    if input_scaling != "none":
+        LOG.info("distilled images brought to [0, 1] pixels by %s", input_scaling)
+    if soft is not None and cfg.soft_labels is None:
+        # the images file holds its own soft labels: score them as stored logits (mode S)
+        LOG.info("%s holds soft labels: scoring with soft labels, mode S", cfg.images)
+        cfg = cfg.with_stored_soft_labels()
     evaluator = Evaluator(data, cfg.effective_eval(), cfg.teachers or None, device=device)
     evaluator.check({"syn": (x, y, soft)})  # fail before writing anything
     teachers = {f"teacher{i}": t for i, t in enumerate(cfg.teachers)}
@@ -174,10 +183,28 @@ def score(
     scored = job.gather()
     if scored is None:
         return None
-    result = scored["syn"] | {"images": cfg.images, "items": items}
+    result = scored["syn"] | {
+        "images": cfg.images,
+        "input_scaling": input_scaling,
+        # the regime actually used (stored soft labels switch a hard-label job to mode S)
+        "label_regime": evaluator.cfg.labels,
+        "soft_label_mode": evaluator.cfg.soft_label_mode
+        if evaluator.cfg.labels == "soft"
+        else None,
+        "items": items,
+    }
     result["env"] = environment(device, evaluator.cfg.seed)
     run.write_results(result)
     rep = Report(f"DD-Ranking score: {Path(cfg.images).name} on {cfg.dataset}")
+    mode = f", mode {result['soft_label_mode']}" if result["soft_label_mode"] else ""
+    rep.text(
+        f"{result['label_regime'].capitalize()} labels{mode}; distilled pixels "
+        + (
+            "used as stored ([0, 1])."
+            if input_scaling == "none"
+            else f"brought to [0, 1] by {input_scaling}."
+        )
+    )
     rep.table(
         [
             {

@@ -192,6 +192,15 @@ def score(
     regime: Annotated[
         str | None, typer.Option("--regime", help="hard or soft labels.", show_default="hard")
     ] = None,
+    input_norm: Annotated[
+        str | None,
+        typer.Option(
+            "--input-norm",
+            help="MEAN,STD of mean/std-normalised images (or per channel: M1,M2,M3,S1,S2,S3); "
+            "they are un-normalised as x*std+mean. uint8 images are divided by 255 without it.",
+            show_default="none: float images must lie in [0, 1]",
+        ),
+    ] = None,
     num_eval: NumEval = None,
     selection: Selection = None,
     preset: Preset = None,
@@ -224,6 +233,7 @@ def score(
         soft_labels=str(soft_labels) if soft_labels else None,
         teachers=[str(t) for t in teacher] if teacher else None,
         regime=regime if regime or ev is None else ev.labels,
+        input_norm=input_norm,
         quick=quick,
         data_root=data_root,
         eval=ev,

@@ -269,6 +269,9 @@ class ScoreConfig(_Job):
     soft_labels: str | None = None  # stored teacher logits (N, K): soft labels, mode S
     teachers: list[str] = []  # teacher state dicts for the soft-label modes
     regime: Literal["hard", "soft"] = "hard"
+    # Mean/std-normalised images: means then stds, one each or one per channel; the
+    # images are un-normalised (x * std + mean) to the [0, 1] pixels of the real data.
+    input_norm: list[float] | None = None
     quick: bool = False  # EvalConfig.quick() on eval
     data_root: str | None = None
     eval: EvalConfig  # default: the dataset's preset for the label regime
@@ -278,8 +281,42 @@ class ScoreConfig(_Job):
     def _eval(cls, data):
         if not isinstance(data, dict) or data.get("soft_labels") is None:
             return _fill_eval(data, "regime")
-        data = _fill_eval({**data, "regime": "soft"}, "regime")
-        ev = data["eval"]
-        if isinstance(ev, dict) and ev.get("soft_label_mode", "M") == "M":
-            data["eval"] = {**ev, "soft_label_mode": "S"}  # stored logits given: use them
-        return data
+        return _stored_logits(data)
+
+    @field_validator("input_norm", mode="before")
+    @classmethod
+    def _split_norm(cls, value):
+        if isinstance(value, str):
+            try:
+                return [float(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(
+                    f"input_norm must be comma-separated numbers MEAN,STD, got '{value}'"
+                ) from None
+        return value
+
+    @field_validator("input_norm")
+    @classmethod
+    def _check_norm(cls, value):
+        if value is None:
+            return value
+        half = len(value) // 2
+        if len(value) < 2 or len(value) % 2:
+            raise ValueError("input_norm needs means then stds: MEAN,STD or M1,M2,M3,S1,S2,S3")
+        if any(std <= 0 for std in value[half:]):
+            raise ValueError(f"input_norm stds must be positive, got {value[half:]}")
+        return value
+
+    def with_stored_soft_labels(self) -> ScoreConfig:
+        """This job once its images file turned out to hold soft labels: scored like
+        ``--soft-labels FILE``, with soft labels in mode S (the stored logits)."""
+        return ScoreConfig.model_validate(_stored_logits(self.model_dump()))
+
+
+def _stored_logits(data: dict) -> dict:
+    """A score job with stored teacher logits: the soft-label regime, in mode S."""
+    data = _fill_eval({**data, "regime": "soft"}, "regime")
+    ev = data["eval"]
+    if isinstance(ev, dict) and ev.get("soft_label_mode", "M") == "M":
+        data["eval"] = {**ev, "soft_label_mode": "S"}  # stored logits given: use them
+    return data

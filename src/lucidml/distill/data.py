@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from lucidml.errors import InputError, NotInstalledError, ShapeError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 TENSOR_SUFFIXES = (".pt", ".pth", ".safetensors")
 TORCHVISION_DATASETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+# Float images outside this range are not [0, 1] pixels (DSA and clipping leave a little
+# slack, so a small overshoot is accepted as it is).
+PIXEL_RANGE = (-0.05, 1.05)
 
 
 def data_hash(data: ImageDataset) -> str:
@@ -139,26 +143,47 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     return {aliases.get(k, k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+class DistilledSet(NamedTuple):
+    """A checked distilled set; ``input_scaling`` says how its pixels were brought to [0, 1]
+    ("none", "uint8/255" or "x*std+mean")."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    soft: torch.Tensor | None
+    input_scaling: str
+
+
 def load_distilled(
     images: str | Path,
     data: ImageDataset,
     labels: str | Path | None = None,
     soft_labels: str | Path | None = None,
-):
-    """A user's distilled set as (x, y, soft_labels or None), checked against ``data``."""
+    input_norm: list[float] | None = None,
+) -> DistilledSet:
+    """A user's distilled set, checked against ``data``, with pixels in [0, 1].
+
+    ``input_norm`` (means then stds, one each or one per channel) un-normalises
+    mean/std-normalised images, x * std + mean; uint8 images are divided by 255.
+    """
     path = Path(images)
     if not path.exists():
         raise InputError(f"distilled images {path} do not exist")
     if path.is_dir():
+        if input_norm is not None:
+            raise InputError(
+                f"--input-norm applies to tensor files; the images in folder {path} are "
+                "read as [0, 1] pixels already"
+            )
         x, y, _ = _read_image_folder(
             path, tuple(data.train_x.shape[-2:]), data.train_x.shape[1], tuple(data.class_names)
         )
-        soft = None
+        soft, scaling = None, "none"
     elif path.suffix in TENSOR_SUFFIXES:
         found = load_tensor_file(path)
         if "images" not in found:
             raise InputError(f"{path} has no 'images' tensor (keys: {', '.join(found)})")
         x, y, soft = found["images"], found.get("labels"), found.get("soft_labels")
+        x, scaling = to_unit_pixels(x, path, input_norm)
     else:
         raise InputError(
             f"distilled images {path} must be a folder or a {'/'.join(TENSOR_SUFFIXES)} file"
@@ -169,7 +194,68 @@ def load_distilled(
         soft = _one_tensor(Path(soft_labels), "soft_labels")
     if y is None:
         raise InputError(f"{path} has no labels: add a 'labels' tensor or pass --labels FILE")
-    return check_distilled(x, y, data, soft)
+    return DistilledSet(*check_distilled(x, y, data, soft), scaling)
+
+
+def to_unit_pixels(
+    x: torch.Tensor, path: Path, input_norm: list[float] | None = None
+) -> tuple[torch.Tensor, str]:
+    """Images as floats in the [0, 1] pixel space of the real data, and how they got there.
+
+    Students are compared with real images in [0, 1], so 0-255 or normalised pixels would
+    be scored wrongly without a word: uint8 is divided by 255, ``input_norm`` undoes a
+    mean/std normalisation, and any other float outside ``PIXEL_RANGE`` is refused.
+    """
+    if x.dtype == torch.uint8:
+        if input_norm is not None:
+            raise InputError(
+                f"distilled images {path} are uint8 (0-255 pixels), which are not "
+                "mean/std-normalised: drop --input-norm"
+            )
+        return x.float() / 255, "uint8/255"
+    if not x.is_floating_point():
+        raise InputError(
+            f"distilled images {path} have dtype {x.dtype}; expected floats in [0, 1], "
+            "uint8 pixels, or normalised floats with --input-norm MEAN,STD"
+        )
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise InputError(f"distilled images {path} hold NaN or infinite values")
+    scaling = "none"
+    if input_norm is not None:
+        x, scaling = _unnormalise(x, path, input_norm), "x*std+mean"
+    if x.numel() == 0:
+        return x, scaling
+    low, high = float(x.min()), float(x.max())
+    if low < PIXEL_RANGE[0] or high > PIXEL_RANGE[1]:
+        if input_norm is not None:
+            seen, hint = "after x*std+mean", "check the --input-norm means and stds"
+        else:
+            seen = "as stored"
+            hint = (
+                "pass --input-norm MEAN,STD if they are mean/std-normalised, "
+                "or rescale them to [0, 1]"
+            )
+        raise InputError(
+            f"distilled images {path} hold values in [{low:.3g}, {high:.3g}] {seen}, outside "
+            f"the [0, 1] pixel range of the real images: {hint}"
+        )
+    return x, scaling
+
+
+def _unnormalise(x: torch.Tensor, path: Path, input_norm: list[float]) -> torch.Tensor:
+    """x * std + mean, with ``input_norm`` = (mean, std) or (means..., stds...) per channel."""
+    if x.ndim != 4:  # check_distilled names the expected shape
+        return x
+    half, channels = len(input_norm) // 2, x.shape[1]
+    if len(input_norm) % 2 or half not in (1, channels):
+        raise InputError(
+            f"--input-norm needs one mean and one std, or {channels} of each (means first), "
+            f"for the images in {path}; got {len(input_norm)} numbers"
+        )
+    mean = torch.tensor(input_norm[:half]).view(1, -1, 1, 1)
+    std = torch.tensor(input_norm[half:]).view(1, -1, 1, 1)
+    return x * std + mean
 
 
 def _one_tensor(path: Path, key: str) -> torch.Tensor:
