@@ -326,3 +326,18 @@ def test_a_killed_build_resumes_without_asking_the_llm_again(tmp_path):
     asked.clear()
     again, _ = api.build(dumps, tmp_path / "fresh", cfg, llm=llm)
     assert len(asked) == total and (again / "timestep_000.jsonl").read_text() == records
+
+
+def test_no_locality_probe_asks_about_a_fact_edited_at_any_timestep(tmp_path):
+    # issue 17 found 8 of t0's locality probes edited at t1, and 6 of t1's at t0
+    api.build(api.embedded_snapshots(), tmp_path / "bench")
+    steps = build.load_benchmark(tmp_path / "bench")
+    edited = {(r["subject_id"], r["relation_id"]) for s in steps for r in s}
+    probed = [(r["loc_subject_id"], r["loc_relation_id"]) for s in steps for r in s if r["loc"]]
+    assert len(probed) >= 40  # most records still get a locality probe
+    assert all(s and p for s, p in probed)
+    assert [sp for sp in probed if sp in edited] == []
+    # the ids are the probe's own: the question names that subject
+    parsed = sorted((tmp_path / "bench" / "snapshots").iterdir())
+    labels = wikidata.read_labels(*parsed)
+    assert all(labels[r["loc_subject_id"]] in r["loc"] for s in steps for r in s if r["loc"])

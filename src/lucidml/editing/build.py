@@ -104,7 +104,8 @@ def locality_candidates(
     return cand.sort_values(["same_p", "same_s", "score"], ascending=False, kind="stable")
 
 
-def _pick_locality(edit, pool, labels, templates, cfg, rng) -> tuple[str, str] | None:
+def _pick_locality(edit, pool, labels, templates, cfg, rng) -> dict | None:
+    """The probe's question, answer and the (subject, property) ids it asks about."""
     cand = locality_candidates(edit.subject, edit.property, edit.new_object, pool, labels)
     if cand.empty:
         return None
@@ -122,7 +123,12 @@ def _pick_locality(edit, pool, labels, templates, cfg, rng) -> tuple[str, str] |
             continue
         q = templates.question(row["property"], s, labels.get(row["property"]))
         if Q.acceptable(q, s, o):
-            return q, o
+            return {
+                "loc": q,
+                "loc_ans": o,
+                "loc_subject_id": row["subject"],
+                "loc_relation_id": row["property"],
+            }
     return None
 
 
@@ -184,12 +190,19 @@ def make_record(edit, labels, templates, cfg, timestep, llm=None, similarity=Non
         "personas": personas,
         "loc": None,
         "loc_ans": None,
+        "loc_subject_id": None,
+        "loc_relation_id": None,
         "mhop": None,
         "mhop_ans": None,
         "timestep": timestep,
         "seed": cfg.seed,
         "generator": getattr(llm, "name", "llm") if from_llm else "template",
     }
+
+
+def edited_pairs(changes: pd.DataFrame) -> set[tuple[str, str]]:
+    """The (subject, property) pairs that a timestep's changes touch."""
+    return set(zip(changes["subject"], changes["property"], strict=True))
 
 
 def build_timestep(
@@ -199,18 +212,24 @@ def build_timestep(
     cfg: BuildConfig | None = None,
     llm: Q.QuestionLLM | None = None,
     device: str = "cpu",
+    changes: pd.DataFrame | None = None,
+    edited_elsewhere: set[tuple[str, str]] = frozenset(),
 ) -> tuple[list[dict], dict]:
     """Records for the changes between two parsed snapshots, and build statistics.
 
     ``device`` is where the similarity encoder runs that checks LLM rewrites.
+    ``changes`` is this pair's ``wikidata.diff`` when the caller has it already.
+    ``edited_elsewhere`` holds the (subject, property) pairs that other timesteps of the
+    stream edit: a locality probe about one would measure retention, not locality.
     """
     cfg = cfg or BuildConfig()
     templates = Q.Templates.load(cfg.templates)
     labels = wikidata.read_labels(old_dir, new_dir)
-    changes = wikidata.diff(old_dir, new_dir, kinds=tuple(cfg.kinds))
+    if changes is None:
+        changes = wikidata.diff(old_dir, new_dir, kinds=tuple(cfg.kinds))
     new_triples = wikidata.read_triples(new_dir)
     kept, dropped = filter_changes(changes, labels, new_triples, cfg)
-    touched = set(zip(changes["subject"], changes["property"], strict=True))
+    touched = edited_pairs(changes) | set(edited_elsewhere)
     same = wikidata.unchanged(old_dir, new_dir)
     keep = [
         sp not in touched and sp[1] not in cfg.property_blocklist
@@ -237,7 +256,7 @@ def build_timestep(
             continue
         loc = _pick_locality(edit, pool, labels, templates, cfg, rng)
         if loc:
-            rec["loc"], rec["loc_ans"] = loc
+            rec.update(loc)
         mhop = _pick_multihop(edit, by_subject, labels, templates, cfg, rng)
         if mhop:
             rec["mhop"], rec["mhop_ans"] = mhop
@@ -286,9 +305,13 @@ def build_benchmark(
     Q.Templates.load(cfg.templates)
     out = Path(out_dir)
     steps = []
+    pairs = list(zip(snapshots[:-1], snapshots[1:], strict=True))
+    changes = [wikidata.diff(a, b, kinds=tuple(cfg.kinds)) for a, b in pairs]
+    # locality probes avoid what any timestep edits, not only their own timestep
+    edited = set().union(*(edited_pairs(c) for c in changes))
     built = [
-        build_timestep(a, b, t, cfg, llm, device)
-        for t, (a, b) in enumerate(zip(snapshots[:-1], snapshots[1:], strict=True))
+        build_timestep(a, b, t, cfg, llm, device, changes[t], edited)
+        for t, (a, b) in enumerate(pairs)
     ]
     for t, (records, stats) in enumerate(built):
         save_timestep(out, t, records)
