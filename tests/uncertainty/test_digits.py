@@ -124,7 +124,8 @@ def test_cli_fit_zeroshot_active(tmp_path, capsys):
         )
     assert exc.value.code == 0
     zs = json.loads((tmp_path / "zs" / "results.json").read_text())
-    assert zs["metrics"]["map"]["acc"] == zs["metrics"]["bayesvlm"]["acc"]
+    # the probit scales each class's logit by its own variance, so near-ties may reorder
+    assert abs(zs["metrics"]["map"]["acc"] - zs["metrics"]["bayesvlm"]["acc"]) <= 0.01
     assert (tmp_path / "zs" / "report.html").is_file()
     preds = np.load(tmp_path / "zs" / "predictions.npz")
     assert preds["probs"].shape == (450, 10)

@@ -16,11 +16,18 @@ def _spd(n, seed):
     return m @ m.T / n
 
 
-def _dense_covariance(A, B, n, lam, damping):
+def _dense_covariance(A, B, n, lam, damping, scale=None):
+    """The posterior covariance built densely; ``split`` takes the factor split s by a
+    brute-force grid search on the dense log-determinant (independent of split_scale)."""
     p, q = A.shape[0], B.shape[0]
-    if damping == "split":
-        At = math.sqrt(n) * A + math.sqrt(lam) * torch.eye(p)
-        Bt = math.sqrt(n) * B + math.sqrt(lam) * torch.eye(q)
+    if damping == "split" and scale is None:
+        grid = torch.linspace(-6, 6, 24001).exp()
+        dets = [-torch.logdet(_dense_covariance(A, B, n, lam, "split", float(c))) for c in grid]
+        scale = float(grid[int(torch.stack(dets).argmin())])
+    if damping in ("split", "split-reference"):
+        s = 1.0 if scale is None else scale
+        At = math.sqrt(n) * s * A + math.sqrt(lam) * torch.eye(p)
+        Bt = math.sqrt(n) * B / s + math.sqrt(lam) * torch.eye(q)
         return torch.linalg.inv(torch.kron(At, Bt))
     return torch.linalg.inv(n * torch.kron(A, B) + lam * torch.eye(p * q))
 
@@ -30,7 +37,7 @@ def test_kron_logdet_matches_dense_for_non_square_sizes():
     torch.testing.assert_close(kfac.kron_logdet(A, B), torch.logdet(torch.kron(A, B)))
 
 
-@pytest.mark.parametrize("damping", ["split", "eig"])
+@pytest.mark.parametrize("damping", ["split-reference", "eig"])
 def test_precision_logdet_matches_dense(damping):
     A, B, n, lam = _spd(3, 2), _spd(4, 3), 2.5, 0.7
     (alpha, _), (beta, _) = kfac.psd_eigh(A), kfac.psd_eigh(B)
@@ -38,13 +45,41 @@ def test_precision_logdet_matches_dense(damping):
     torch.testing.assert_close(kfac.precision_logdet(alpha, beta, n, lam, damping), dense)
 
 
+def test_split_scale_minimises_the_dense_logdet():
+    # A made 30x larger than B: the reference's split (s = 1) is far from the best one
+    A, B, n, lam = _spd(3, 2) * 30, _spd(4, 3), 2.5, 0.7
+    (alpha, _), (beta, _) = kfac.psd_eigh(A), kfac.psd_eigh(B)
+    best = -torch.logdet(_dense_covariance(A, B, n, lam, "split"))  # grid search
+    ours = kfac.precision_logdet(alpha, beta, n, lam, "split")
+    assert float(ours) == pytest.approx(float(best), abs=1e-6)
+    reference = kfac.precision_logdet(alpha, beta, n, lam, "split-reference")
+    assert float(reference) > float(ours) + 0.5  # a smaller marginal likelihood
+
+
+@pytest.mark.parametrize("damping", ["split", "eig"])
+@pytest.mark.parametrize("c", [1e-3, 0.37, 25.0])
+def test_the_posterior_does_not_depend_on_how_the_factors_share_a_scalar(damping, c):
+    A, B, n, lam = _spd(3, 2), _spd(4, 3), 2.5, 0.7
+    (alpha, _), (beta, _) = kfac.psd_eigh(A), kfac.psd_eigh(B)
+    base = kfac.covariance_eigenvalues(alpha, beta, n, lam, damping)
+    moved = kfac.covariance_eigenvalues(alpha * c, beta / c, n, lam, damping)
+    torch.testing.assert_close(moved, base, rtol=1e-8, atol=0)
+    ref = kfac.covariance_eigenvalues(alpha, beta, n, lam, "split-reference")
+    ref_moved = kfac.covariance_eigenvalues(alpha * c, beta / c, n, lam, "split-reference")
+    assert not torch.allclose(ref, ref_moved, rtol=1e-3)  # the convention-dependent one
+    theta2 = 5.0
+    lam_base = kfac.optimize_prior_precision(alpha, beta, theta2, n=n, damping=damping)
+    lam_moved = kfac.optimize_prior_precision(alpha * c, beta / c, theta2, n=n, damping=damping)
+    assert lam_moved == pytest.approx(lam_base, rel=1e-6)
+
+
 def test_compat_logdet_swaps_the_factor_sizes():
     A, B, n, lam = _spd(3, 2), _spd(4, 3), 1.0, 0.7
     (alpha, _), (beta, _) = kfac.psd_eigh(A), kfac.psd_eigh(B)
     At, Bt = A + math.sqrt(lam) * torch.eye(3), B + math.sqrt(lam) * torch.eye(4)
-    compat = kfac.precision_logdet(alpha, beta, n, lam, "split", compat=True)
+    compat = kfac.precision_logdet(alpha, beta, n, lam, "split-reference", compat=True)
     torch.testing.assert_close(compat, 3 * torch.logdet(At) + 4 * torch.logdet(Bt))
-    assert abs(compat - kfac.precision_logdet(alpha, beta, n, lam, "split")) > 0.1
+    assert abs(compat - kfac.precision_logdet(alpha, beta, n, lam, "split-reference")) > 0.1
 
 
 def test_brent_finds_the_closed_form_prior_precision():
@@ -60,14 +95,15 @@ def test_brent_finds_the_closed_form_prior_precision():
     assert adam == pytest.approx(expected, rel=1e-2)
 
 
-@pytest.mark.parametrize("damping", ["split", "eig"])
+@pytest.mark.parametrize("damping", ["split", "split-reference", "eig"])
 def test_embedding_variance_is_the_diagonal_of_the_dense_covariance(damping):
     p, q, n, lam = 3, 4, 10.0, 0.3
     A, B = _spd(p, 4), _spd(q, 5)
     (alpha, U), (beta, V) = kfac.psd_eigh(A), kfac.psd_eigh(B)
     M = kfac.covariance_eigenvalues(alpha, beta, n, lam, damping)
     a = torch.randn(6, p)
-    cov = _dense_covariance(A, B, n, lam, damping)
+    scale = kfac.split_scale(alpha, beta, n, lam) if damping == "split" else None
+    cov = _dense_covariance(A, B, n, lam, damping, scale)
     jac = torch.stack([torch.kron(ai[None, :], torch.eye(q)) for ai in a])  # (N, q, pq)
     dense = torch.einsum("nip,pr,njr->nij", jac, cov, jac).diagonal(dim1=1, dim2=2)
     torch.testing.assert_close(kfac.embedding_variance(a, U, V, M), dense)
@@ -85,7 +121,7 @@ def test_matrix_normal_samples_reproduce_the_split_variance():
     z = torch.randn(200_000, q, p)
     mc = ((LB @ z @ LA.T) @ a).var(0)
     (alpha, U), (beta, V) = kfac.psd_eigh(A), kfac.psd_eigh(B)
-    M = kfac.covariance_eigenvalues(alpha, beta, n, lam, "split")
+    M = kfac.covariance_eigenvalues(alpha, beta, n, lam, "split-reference")
     analytic = kfac.embedding_variance(a[None], U, V, M)[0]
     assert ((mc - analytic).abs() / analytic).max() < 0.03
     # the closed form equals (a^T Ã^-1 a) [B~^-1]_dd
@@ -94,7 +130,7 @@ def test_matrix_normal_samples_reproduce_the_split_variance():
     )
 
 
-@pytest.mark.parametrize("damping", ["split", "eig"])
+@pytest.mark.parametrize("damping", ["split", "split-reference", "eig"])
 def test_weight_samples_have_the_posterior_covariance(damping):
     p, q, n, lam = 3, 2, 4.0, 0.8
     A, B = _spd(p, 8), _spd(q, 9)
@@ -103,7 +139,8 @@ def test_weight_samples_have_the_posterior_covariance(damping):
     draws = kfac.sample_weight_noise(U, V, M, 200_000, torch.Generator().manual_seed(0))
     vec = draws.transpose(1, 2).reshape(len(draws), -1)  # column-major vec
     emp = vec.T @ vec / len(vec)
-    dense = _dense_covariance(A, B, n, lam, damping)
+    scale = kfac.split_scale(alpha, beta, n, lam) if damping == "split" else None
+    dense = _dense_covariance(A, B, n, lam, damping, scale)
     assert (emp - dense).abs().max() < 0.03 * dense.diagonal().max()
 
 

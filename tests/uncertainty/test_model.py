@@ -153,6 +153,30 @@ def test_fitted_model_has_positive_variance_and_roundtrips(name, request, tmp_pa
     torch.testing.assert_close(again.var, logits.var)
 
 
+@pytest.mark.parametrize("damping", ["split", "eig"])
+def test_a_scalar_moved_between_the_stored_factors_changes_no_prediction(clip, tmp_path, damping):
+    """The contract: A * c and B / c in factors.safetensors leave the probabilities alone
+    (the factors are defined only up to that); the reference's split damping does not."""
+    from safetensors.torch import load_file, save_file
+
+    images = _images(clip)
+
+    def probs_after_moving(c: float, damping: str) -> torch.Tensor:
+        cfg = PosteriorConfig(damping=damping)
+        BayesVLM(clip, cfg).fit((images, CAPTIONS)).optimize_prior_precision().save(tmp_path)
+        factors = load_file(tmp_path / "factors.safetensors")
+        for name in factors:
+            factors[name] = factors[name] * (c if name.endswith(".A") else 1 / c)
+        save_file(factors, tmp_path / "factors.safetensors")
+        return BayesVLM.load(clip, tmp_path).predict(images[:4], CAPTIONS[:5]).probs()
+
+    base = probs_after_moving(1.0, damping)
+    for c in (0.05, 30.0):
+        torch.testing.assert_close(probs_after_moving(c, damping), base, atol=1e-6, rtol=0)
+    moved = probs_after_moving(30.0, "split-reference")
+    assert (moved - probs_after_moving(1.0, "split-reference")).abs().max() > 1e-4
+
+
 def test_more_pseudo_data_shrinks_the_variance(clip):
     images = _images(clip)
     bvlm = BayesVLM(clip).fit((images, CAPTIONS)).optimize_prior_precision()

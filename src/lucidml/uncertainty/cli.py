@@ -65,7 +65,12 @@ def fit(
         ),
     ] = None,
     damping: Annotated[
-        str | None, typer.Option(help="split (reference) or eig.", show_default="split")
+        str | None,
+        typer.Option(
+            help="split (scale split by marginal likelihood), split-reference (the "
+            "reference's, convention-dependent) or eig (exact).",
+            show_default="split",
+        ),
     ] = None,
     compat_logdet: Annotated[
         bool | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lucidml.core.config import Config
 
@@ -24,13 +24,22 @@ class PosteriorConfig(Config):
     data_batch: int = Field(256, gt=0)  # paper: 5; only trades memory for speed
     fit_n: float = Field(1.0, gt=0)  # pseudo-data count when fitting lambda
     predict_n: float = Field(10.0, gt=0)  # pseudo-data count for prediction and selection
-    damping: Literal["split", "eig"] = "split"
+    damping: Literal["split", "split-reference", "eig"] = "split"
     compat_logdet: bool = False  # True reproduces the reference's (incorrect) logdet term
     solver: Literal["brent", "adam"] = "brent"  # paper: adam (lr 1e-2, 300 steps)
     lambda_init_img: float = Field(800.0, gt=0)
     lambda_init_txt: float = Field(400.0, gt=0)
     cosine_var: Literal["reference", "projected"] = "reference"
     encode_batch: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _compat_needs_the_reference_split(self):
+        if self.compat_logdet and self.damping != "split-reference":
+            raise ValueError(
+                "compat_logdet reproduces the reference's logdet term: it needs "
+                "damping: split-reference"
+            )
+        return self
 
 
 class PredictConfig(Config):

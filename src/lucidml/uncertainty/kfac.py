@@ -8,9 +8,16 @@ Both damping schemes then give a posterior covariance (U (x) V) diag(vec M^T) (U
 with a (p, q) table M of eigenvalues, so variances, samples and log-determinants share
 one code path:
 
-- ``split`` (reference): (sqrt(n) A + sqrt(lam) I)^-1 (x) (sqrt(n) B + sqrt(lam) I)^-1,
-  M_ij = 1 / ((sqrt(n) alpha_i + sqrt(lam)) (sqrt(n) beta_j + sqrt(lam))).
-- ``eig``: the exact (n A (x) B + lam I)^-1, M_ij = 1 / (n alpha_i beta_j + lam).
+- ``split-reference`` (the reference): (sqrt(n) A + sqrt(lam) I)^-1 (x) (sqrt(n) B +
+  sqrt(lam) I)^-1, M_ij = 1 / ((sqrt(n) alpha_i + sqrt(lam)) (sqrt(n) beta_j + sqrt(lam))).
+  It depends on how a scalar is shared between the factors: A and B are only defined up
+  to A -> cA, B -> B/c (their product is the GGN), and the damping is not.
+- ``split`` (default): the same with the scalar chosen by the data, A -> sA, B -> B/s with
+  the s that maximises the Laplace marginal likelihood (it minimises the log-determinant
+  of the precision, a convex problem in log s; ``split_scale``). Moving a scalar between
+  the stored factors moves s the other way, so the posterior does not depend on it.
+- ``eig``: the exact (n A (x) B + lam I)^-1, M_ij = 1 / (n alpha_i beta_j + lam); also
+  independent of the split.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 
 from lucidml.errors import ConfigError
 
-DAMPINGS = ("split", "eig")
+DAMPINGS = ("split", "split-reference", "eig")
 
 
 def kron_logdet(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -59,14 +66,47 @@ def psd_eigh(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return evals.clamp_min(0.0), evecs
 
 
+def _split_logdet(u: float, alpha, beta, n: float, lam: float) -> float:
+    """logdet of the split-damped precision with A scaled by e^u and B by e^-u."""
+    p, q = len(alpha), len(beta)
+    ra = (n**0.5 * math.exp(u) * alpha + lam**0.5).log().sum()
+    rb = (n**0.5 * math.exp(-u) * beta + lam**0.5).log().sum()
+    return float(q * ra + p * rb)
+
+
+def split_scale(alpha: torch.Tensor, beta: torch.Tensor, n: float, lam) -> float:
+    """The s for which (A s, B / s) under split damping has the largest marginal
+    likelihood at (n, lam): the minimiser of the precision's log-determinant (the other
+    terms do not depend on s), convex in log s, found by a bounded scalar search around
+    the trace balance mean(beta) / mean(alpha)."""
+    from scipy.optimize import minimize_scalar
+
+    a, b = alpha.detach().double().cpu(), beta.detach().double().cpu()
+    lam = float(lam)
+    ma, mb = float(a.mean()), float(b.mean())
+    if ma <= 0 or mb <= 0:  # a zero factor: every split gives the same posterior
+        return 1.0
+    centre = 0.5 * math.log(mb / ma)
+    res = minimize_scalar(
+        _split_logdet,
+        bounds=(centre - 40.0, centre + 40.0),
+        args=(a, b, n, lam),
+        method="bounded",
+        options={"xatol": 1e-10, "maxiter": 500},
+    )
+    return math.exp(res.x)
+
+
 def covariance_eigenvalues(
     alpha: torch.Tensor, beta: torch.Tensor, n: float, lam, damping: str = "split"
 ) -> torch.Tensor:
     """The (p, q) table M of posterior covariance eigenvalues (see the module docstring).
-    ``lam`` may be a float or a 0-d tensor that carries gradients."""
-    if damping == "split":
-        ra = n**0.5 * alpha + lam**0.5
-        rb = n**0.5 * beta + lam**0.5
+    ``lam`` may be a float or a 0-d tensor that carries gradients (through ``split``'s
+    scale it needs none: s minimises the log-determinant, so its own gradient is zero)."""
+    if damping in ("split", "split-reference"):
+        s = split_scale(alpha, beta, n, lam) if damping == "split" else 1.0
+        ra = n**0.5 * s * alpha + lam**0.5
+        rb = n**0.5 * beta / s + lam**0.5
         return 1.0 / (ra[:, None] * rb[None, :])
     if damping == "eig":
         return 1.0 / (n * alpha[:, None] * beta[None, :] + lam)
@@ -79,8 +119,8 @@ def precision_logdet(
     """logdet of the posterior precision. ``compat`` gives the reference's term for split
     damping, p logdet A~ + q logdet B~ (factor sizes swapped relative to the true value)."""
     if compat:
-        if damping != "split":
-            raise ConfigError("compat logdet is only defined for split damping")
+        if damping != "split-reference":
+            raise ConfigError("compat logdet is only defined for split-reference damping")
         p, q = len(alpha), len(beta)
         return (
             p * (n**0.5 * alpha + lam**0.5).log().sum() + q * (n**0.5 * beta + lam**0.5).log().sum()
