@@ -140,7 +140,13 @@ def test_run_on_tiny_model_then_resume(tmp_path, capsys, tiny_lm):
     assert lucid(*args) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert len(results["timesteps"]) == 2 and len(results["R"][1]) == 2
+    for row in results["timesteps"]:  # the contract: strict metrics beside teacher-forced
+        for kind in ("rewrite", "rephrase", "personas", "loc_gold", "pre_rewrite"):
+            assert {kind, f"{kind}_em", f"{kind}_first_token"} <= set(row)
+    assert {"past_em", "past_first_token"} <= set(results["timesteps"][1])
     assert (tmp_path / "run" / "report.html").is_file()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "first token" in report and report.count("Before the first edits") == 1
     assert lucid(*args) == 2
     assert "--resume" in capsys.readouterr().err
     assert lucid(*args, "--resume") == 0
@@ -267,3 +273,15 @@ def test_rag_saves_its_memory_not_the_unchanged_weights(tmp_path, tiny_lm):
     memory = json.loads((tmp_path / "r" / "memory.json").read_text())
     assert len(memory) == 4 and all(len(pair) == 2 for pair in memory)  # 2 timesteps x 2
     assert not (tmp_path / "r" / "model").exists()
+
+
+def test_report_shows_strict_metrics_and_the_unedited_model_once():
+    from lucidml.editing import api
+
+    row = {"timestep": 0, "rewrite": 0.5, "rewrite_first_token": 0.25, "rewrite_em": 0.0}
+    row |= {"pre_rewrite": 0.2, "pre_rewrite_first_token": 0.0, "pre_rewrite_em": 0.0}
+    result = {"timesteps": [row], "final": row, "bwt": float("nan")}
+    report = api._report("t", {"lora": result, "rag": result}).to_markdown()
+    assert report.count("| lora | 0.50 / 0.25 / 0.00 |") == 1
+    assert report.count("| unedited | 0.20 / 0.00 / 0.00 |") == 1  # not once per method
+    assert "| lora | 0.20" not in report

@@ -121,3 +121,88 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tiny_lm):
     text = " ".join(["the capital of peru is lima ."] * 80)
     assert E.perplexity(model, tok, text, window=64) == pytest.approx(len(tok), rel=1e-4)
     assert E.perplexity(model, tok, "the") != E.perplexity(model, tok, "the")  # one token: nan
+
+
+class BigramLM(torch.nn.Module):
+    """Predicts the next word from the current one alone, by a fixed table (else <unk>).
+
+    It "copies" the rest of a name it is shown the start of, without knowing how the
+    answer starts: the case that teacher-forced accuracy alone mistakes for knowledge.
+    """
+
+    def __init__(self, tok, table: dict[str, str]):
+        super().__init__()
+        self.vocab = len(tok)
+        self.next = torch.full((self.vocab,), tok.unk_token_id)
+        for word, nxt in table.items():
+            self.next[tok.convert_tokens_to_ids(word)] = tok.convert_tokens_to_ids(nxt)
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        out = type("Out", (), {})()
+        out.logits = torch.nn.functional.one_hot(self.next[input_ids], self.vocab).float()
+        return out
+
+
+def test_first_token_and_exact_match_known_answers(tiny_lm):
+    _, tok = tiny_lm
+    # after "A :" it says "dave"; it continues alice -> bob -> carol and dave -> grace
+    model = BigramLM(tok, {":": "dave", "alice": "bob", "bob": "carol", "dave": "grace"})
+    record = {
+        "update": "who leads peru ?",
+        "ans": "alice bob carol",  # TF 2/3 (bob, carol copied), first token 0, greedy "dave grace <unk>"
+        "rephrase": "who is the head of peru ?",
+        "loc": "who leads chile ?",
+        "loc_ans": "dave",  # TF 1, first token 1, greedy "dave": EM 1
+        "mhop": "who is the head coach of peru ?",
+        "mhop_ans": "dave frank",  # TF 1/2, first token 1, greedy "dave grace": EM 0
+    }
+    m, _ = E.evaluate_records(model, tok, [record])
+    assert m["rewrite"] == pytest.approx(2 / 3)
+    assert (m["rewrite_first_token"], m["rewrite_em"]) == (0.0, 0.0)
+    assert (m["rephrase"], m["rephrase_first_token"], m["rephrase_em"]) == (
+        pytest.approx(2 / 3),
+        0.0,
+        0.0,
+    )
+    assert (m["loc_gold"], m["loc_gold_first_token"], m["loc_gold_em"]) == (1.0, 1.0, 1.0)
+    assert (m["mhop"], m["mhop_first_token"], m["mhop_em"]) == (0.5, 1.0, 0.0)
+    s = E.score(model, tok, ["who leads peru ?", "who leads chile ?"], ["alice bob carol", "dave"])
+    assert s.greedy == ["dave grace", "dave"]  # <unk> is skipped when decoding
+    assert s.first_token == [0.0, 1.0] and s.exact_match == [0.0, 1.0]
+    # the same answers one at a time, right-padded for the teacher-forced pass
+    single = [
+        E.score(model, tok, [q], [a], padding_side="right")
+        for q, a in [("who leads peru ?", "alice bob carol"), ("who leads chile ?", "dave")]
+    ]
+    assert [x.greedy[0] for x in single] == s.greedy
+    assert [x.first_token[0] for x in single] == s.first_token
+
+
+def test_greedy_answer_never_sees_the_gold_answer(tiny_lm):
+    # the oracle predicts each next token of its input: perfect under teacher forcing,
+    # but from the prompt alone it has nothing to copy
+    _, tok = tiny_lm
+    s = E.score(OracleLM(len(tok)), tok, ["who leads peru ?"], ["alice bob"])
+    assert (s.accuracy, s.first_token, s.exact_match) == ([1.0], [1.0], [0.0])
+
+
+def test_normalise_answer():
+    assert E.normalise_answer("  Keir  Starmer.\n") == "keir starmer"
+    assert E.normalise_answer("Paris!?") == E.normalise_answer("paris")
+    assert E.normalise_answer("St. Louis") == "st. louis"  # only trailing punctuation goes
+
+
+def test_greedy_exact_match_of_a_trained_llama_in_a_batch(tiny_lm):
+    from lucidml.editing import methods
+
+    model, tok = tiny_lm
+    facts = [
+        {"update": "who leads peru ?", "ans": "alice bob"},
+        {"update": "who leads chile ?", "ans": "carol"},
+    ]
+    methods.get("ft", epochs=60, lr=1e-2, batch_size=2).apply(model, tok, facts)
+    qs, ans = [f["update"] for f in facts], [f["ans"] for f in facts]
+    s = E.score(model, tok, qs + ["who leads chile ?"], ans + ["dave"])
+    assert s.greedy[:2] == ["alice bob", "carol"]  # KV-cached, left-padded batch
+    assert s.exact_match == [1.0, 1.0, 0.0] and s.first_token == [1.0, 1.0, 0.0]

@@ -33,6 +33,8 @@ from lucidml.errors import InputError, LucidError
 
 log = get_logger("editing")
 METRICS = ("rewrite", "rephrase", "personas", "mhop", "loc_gold", "loc_agree", "past")
+# the probe kinds that also get first-token accuracy and greedy exact match
+STRICT_KINDS = ("rewrite", "rephrase", "personas", "mhop", "loc_gold", "past")
 
 
 def embedded_snapshots() -> list[Path]:
@@ -250,6 +252,10 @@ def json_safe(obj):
     return obj
 
 
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _fmt(v, digits: int = 3):
     return round(v, digits) if isinstance(v, float) and not math.isnan(v) else "-"
 
@@ -260,6 +266,16 @@ def _fmt_row(name: str, result: dict) -> dict:
     row["bwt"] = _fmt(result["bwt"])
     row["s/edit"] = _fmt(final.get("seconds_per_edit", math.nan), 2)
     row["canary ppl"] = _fmt(last.get("canary_ppl", math.nan), 2)  # after the last timestep
+    return row
+
+
+def _strict_row(name: str, metrics: dict, kinds=STRICT_KINDS) -> dict:
+    """Per probe kind, "teacher-forced / first token / EM" in one cell, side by side."""
+    row = {"method": name}
+    for kind in kinds:
+        keys = (kind, f"{kind}_first_token", f"{kind}_em")
+        values = [metrics.get(k, math.nan) for k in keys]
+        row[kind] = " / ".join("-" if _missing(v) else f"{v:.2f}" for v in values)
     return row
 
 
@@ -278,21 +294,26 @@ def _report(title: str, results: dict[str, dict]):
         "general prose after the last timestep (a collapse alarm)."
     )
     rep.table([_fmt_row(m, r) for m, r in results.items()])
-    pre_rows = []
-    for m, r in results.items():
-        first = r["timesteps"][0] if r["timesteps"] else {}
-        pre_rows.append(
-            {
-                "method": m,
-                **{
-                    f"pre_{k}": round(first.get(f"pre_{k}", math.nan), 3)
-                    for k in ("rewrite", "rephrase", "loc_gold")
-                },
-                "pre canary ppl": _fmt(first.get("pre_canary_ppl", math.nan), 2),
-            }
-        )
+    rep.heading("Knowing or copying: teacher-forced, first token, greedy exact match")
+    rep.text(
+        "Teacher forcing credits the later tokens of a multi-token name once the model is "
+        "shown its start. first token: the argmax at the first answer position is the "
+        "answer's first token; EM: the greedy answer from the question alone (as many "
+        "tokens as the gold one) equals it, case-folded, trailing punctuation stripped. "
+        "Each cell: teacher-forced / first token / EM, running means after the last timestep."
+    )
+    rep.table([_strict_row(m, r["final"]) for m, r in results.items()])
+    # every method starts from the same model on the same records: one row says it all
+    first_result = next(iter(results.values()), {"timesteps": []})
+    first = first_result["timesteps"][0] if first_result["timesteps"] else {}
+    pre = {k[len("pre_") :]: v for k, v in first.items() if k.startswith("pre_")}
     rep.heading("Before the first edits")
-    rep.table(pre_rows)
+    rep.text(
+        "The unedited model on timestep 0's records, the same for every method; each "
+        "cell: teacher-forced / first token / EM."
+    )
+    row = _strict_row("unedited", pre, [k for k in STRICT_KINDS if k != "past"])
+    rep.table([{**row, "canary ppl": _fmt(pre.get("canary_ppl", math.nan), 2)}])
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for ax, key in zip(axes, ("rewrite", "loc_gold", "past"), strict=True):
         for m, r in results.items():

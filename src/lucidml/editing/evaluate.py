@@ -1,4 +1,10 @@
-"""Teacher-forced scoring of "Q: {question} A: {answer}" and the WikiBigEdit metrics.
+"""Scoring of "Q: {question} A: {answer}" and the WikiBigEdit metrics.
+
+Three numbers per probe, because teacher forcing alone credits the later tokens of a
+multi-token name that the model merely copies once it has been shown the first: the
+teacher-forced token accuracy, first-token accuracy (the argmax at the first answer
+position, from the same forward pass) and greedy exact match (the model's own answer,
+decoded from the prompt alone, equals the gold answer after ``normalise_answer``).
 
 Answer tokens are found from the tokenizer's offset mappings (a token belongs to the
 answer when its character span ends inside the answer), so the span is right for any
@@ -119,10 +125,76 @@ def _contexts(n: int, contexts: list[str] | None, few_shot: bool) -> list[str]:
     return [FEW_SHOT if few_shot else ""] * n
 
 
+def first_token_hits(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor):
+    """Per row, 1.0 when the argmax before the first answer token is that token (NaN
+    for rows without an answer token)."""
+    has_answer = mask[:, 1:].any(-1)
+    first = mask[:, 1:].float().argmax(-1)  # index into the shifted (prediction) positions
+    rows = torch.arange(len(input_ids), device=input_ids.device)
+    hit = logits[rows, first].argmax(-1) == input_ids[rows, first + 1]
+    nan = torch.full_like(hit, float("nan"), dtype=torch.float)
+    return torch.where(has_answer, hit.float(), nan)
+
+
+_TRAILING_PUNCTUATION = ".,;:!?'\""
+
+
+def normalise_answer(text: str) -> str:
+    """Case-folded, whitespace collapsed, trailing punctuation and whitespace stripped."""
+    return " ".join(text.split()).casefold().rstrip(_TRAILING_PUNCTUATION).strip()
+
+
+def takes_cache(model) -> bool:
+    """Whether the model's forward takes ``past_key_values`` (transformers' causal LMs)."""
+    import inspect
+
+    return "past_key_values" in inspect.signature(model.forward).parameters
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[str], n_tokens: list[int]) -> list[str]:
+    """Greedy decoding of ``n_tokens[i]`` tokens after each prompt, batched.
+
+    Left padding with explicit position ids, so each row decodes as it would alone.
+    The model's KV cache is used when its forward takes one; other models (the tests'
+    lookup models) get the whole sequence again at every step.
+    """
+    device = next(model.parameters()).device
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = old_side
+    ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    cached, trim = takes_cache(model), keeps_logits(model)
+    step_ids, step_pos, past, new = ids, positions, None, []
+    for _ in range(max(n_tokens, default=0)):
+        extra = {"logits_to_keep": 1} if trim else {}
+        if cached:
+            extra |= {"past_key_values": past, "use_cache": True}
+        out = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos, **extra)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        new.append(token)
+        attn = torch.cat([attn, torch.ones_like(token)], dim=1)
+        if cached:
+            past, step_ids, step_pos = out.past_key_values, token, step_pos[:, -1:] + 1
+        else:
+            ids = torch.cat([ids, token], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+            step_ids, step_pos = ids, positions
+    gen = torch.cat(new, dim=1) if new else ids[:, :0]
+    return [tokenizer.decode(gen[i, :n], skip_special_tokens=True) for i, n in enumerate(n_tokens)]
+
+
 @dataclass
 class Scores:
-    accuracy: list[float]
+    accuracy: list[float]  # teacher-forced token accuracy
     predictions: list[torch.Tensor]  # argmax ids at each example's answer positions
+    first_token: list[float]  # 1.0 when the first answer token is the argmax
+    exact_match: list[float]  # 1.0 when the greedy answer equals the gold one (normalised)
+    greedy: list[str]  # the greedy answers, as decoded
 
 
 def _answer_window(mask: torch.Tensor) -> int:
@@ -148,17 +220,21 @@ def score(
     few_shot: bool = True,
     batch_size: int = 16,
     padding_side: str | None = "left",
+    greedy: bool = True,
 ) -> Scores:
-    """Teacher-forced token accuracy of each (question, answer) pair.
+    """Teacher-forced token accuracy, first-token accuracy and (``greedy``) greedy exact
+    match of each (question, answer) pair.
 
     With left padding (the default) every answer ends its row, so the LM head runs only
     on the last positions that predict answer tokens (``logits_to_keep``): on SmolLM2
     the head is a fifth of a forward pass. Any padding side gives the same scores.
+    The greedy answer is decoded from "Q: {question} A:" alone, as many tokens as the
+    gold answer has in the scored text; without ``greedy`` exact match is NaN.
     """
     ctx = _contexts(len(questions), contexts, few_shot)
     device = next(model.parameters()).device
     trim = keeps_logits(model)
-    acc, preds = [], []
+    acc, preds, first, em, texts = [], [], [], [], []
     for i in track(range(0, len(questions), batch_size), "scoring batches"):
         sl = slice(i, i + batch_size)
         b = encode(tokenizer, questions[sl], answers[sl], ctx[sl], padding_side).to(device)
@@ -173,9 +249,23 @@ def score(
         ids, mask = b.input_ids[:, -keep:], b.answer_mask[:, -keep:]
         a, p = token_hits(logits.float(), ids, mask)
         acc += a.tolist()
+        first += first_token_hits(logits, ids, mask).tolist()
         m = mask[:, 1:]
         preds += [p[j][m[j]].cpu() for j in range(len(p))]
-    return Scores(acc, preds)
+        n_tokens = b.answer_mask.sum(-1).tolist()
+        if not greedy:
+            em += [math.nan] * len(n_tokens)
+            continue
+        prompts = [
+            format_example(q, "", c)[0].rstrip()
+            for q, c in zip(questions[sl], ctx[sl], strict=True)
+        ]
+        answers_sl = answers[sl]
+        for j, text in enumerate(greedy_answers(model, tokenizer, prompts, n_tokens)):
+            texts.append(text)
+            same = normalise_answer(text) == normalise_answer(answers_sl[j])
+            em.append(float(same) if n_tokens[j] else math.nan)
+    return Scores(acc, preds, first, em, texts)
 
 
 def token_accuracy(
@@ -250,6 +340,10 @@ def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
+# suffixes of the two stricter metrics beside each teacher-forced one ("rewrite_em")
+FIRST_TOKEN, EXACT_MATCH = "_first_token", "_em"
+
+
 def evaluate_records(
     model,
     tokenizer,
@@ -285,12 +379,15 @@ def evaluate_records(
     for i, (metric, _, _) in enumerate(probes):
         by_metric.setdefault(metric, []).append(i)
     metrics = {"n": len(records)}
+    per_probe = {"": s.accuracy, FIRST_TOKEN: s.first_token, EXACT_MATCH: s.exact_match}
     for metric, idx in by_metric.items():
-        metrics[metric] = _mean([s.accuracy[i] for i in idx])
+        for suffix, values in per_probe.items():
+            metrics[metric + suffix] = _mean([values[i] for i in idx])
     rewrite = [s.accuracy[i] for i in by_metric.get("rewrite", [])]
     styles = [m for m in by_metric if m.startswith("personas_")]
     if styles:
-        metrics["personas"] = _mean([metrics[m] for m in styles])
+        for suffix in per_probe:
+            metrics["personas" + suffix] = _mean([metrics[m + suffix] for m in styles])
     loc_preds = [s.predictions[i] for i in by_metric.get("loc_gold", [])]
     if loc_preds and loc_reference is not None:
         metrics["loc_agree"] = agreement(loc_reference, loc_preds)
@@ -312,4 +409,6 @@ def evaluate_records(
             ]
         )
     metrics["rewrite"] = _mean(rewrite)
+    for suffix in (FIRST_TOKEN, EXACT_MATCH):  # present even without records
+        metrics.setdefault("rewrite" + suffix, math.nan)
     return metrics, {"rewrite": rewrite, "loc_predictions": loc_preds}

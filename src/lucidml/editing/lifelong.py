@@ -16,7 +16,13 @@ import torch
 from lucidml.core.progress import get_logger, track
 from lucidml.core.runs import Run, atomic_write_text
 from lucidml.editing.config import EvalConfig
-from lucidml.editing.evaluate import canary_text, evaluate_records, perplexity
+from lucidml.editing.evaluate import (
+    EXACT_MATCH,
+    FIRST_TOKEN,
+    canary_text,
+    evaluate_records,
+    perplexity,
+)
 
 STATE_KEY = "state"
 log = get_logger("editing")
@@ -42,6 +48,13 @@ def running_means(rows: list[dict], keys: list[str]) -> list[dict]:
             entry[k] = sum(vals) / len(vals) if vals else float("nan")
         out.append(entry)
     return out
+
+
+def weighted_mean(values: list[float], weights: list[int]) -> float:
+    """Retention over every earlier edit scored: each timestep weighs its sample size."""
+    if not weights:
+        return float("nan")
+    return sum(v * n for v, n in zip(values, weights, strict=True)) / sum(weights)
 
 
 def past_sample(records: list[dict], past_max: int, seed: int, t: int) -> list[dict]:
@@ -124,6 +137,7 @@ def run_lifelong(
                 model, tokenizer, canary, max_tokens=eval_cfg.canary_tokens
             )
         R_row = []
+        past_strict = {FIRST_TOKEN: [], EXACT_MATCH: []}  # per earlier timestep, like R_row
         for j in range(t):
             sample = past_sample(timesteps[j], eval_cfg.past_max, seed, j)
             m, _ = evaluate_records(
@@ -134,14 +148,12 @@ def run_lifelong(
                 editor.contexts,
             )
             R_row.append(m["rewrite"])
+            for suffix, values in past_strict.items():
+                values.append(m["rewrite" + suffix])
         R_row.append(post["rewrite"])
         R.append(R_row)
         past_n = [min(len(timesteps[j]), eval_cfg.past_max) for j in range(t)]
-        past = (
-            sum(r * n for r, n in zip(R_row[:t], past_n, strict=True)) / sum(past_n)
-            if t
-            else float("nan")
-        )
+        past = weighted_mean(R_row[:t], past_n)
         rows.append(
             {
                 "timestep": t,
@@ -149,6 +161,7 @@ def run_lifelong(
                 **post,
                 **{f"pre_{k}": v for k, v in pre.items() if k != "n"},
                 "past": past,
+                **{"past" + k: weighted_mean(v, past_n) for k, v in past_strict.items()},
                 "seconds_per_edit": seconds / max(len(to_apply), 1),
                 "weight_drift": _weight_drift(model, initial),
             }
