@@ -18,8 +18,15 @@ def probit_scale(var: torch.Tensor) -> torch.Tensor:
 
 
 def probit_softmax(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """Probit-approximated E[softmax(z)] for independent z_c ~ N(mean_c, var_c), (N, C)."""
-    return torch.softmax(probit_scale(var) * mean, dim=-1)
+    """Probit-approximated E[softmax(z)] for independent z_c ~ N(mean_c, var_c), (N, C).
+
+    E[softmax(z)] does not change when a constant is added to a row of z, but
+    softmax(kappa * mean) does when the kappas differ: CLIP logits sit near 20-30 (SigLIP's
+    add a bias), so the raw form shrinks a large common offset by each class's own kappa.
+    The row's largest mean is subtracted first, which makes the approximation
+    shift-invariant and, on CLIP-scale logits, several times closer to sampling."""
+    centred = mean - mean.max(dim=-1, keepdim=True).values
+    return torch.softmax(probit_scale(var) * centred, dim=-1)
 
 
 def probit_sigmoid(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
