@@ -312,3 +312,28 @@ def test_finetuning_keeps_the_best_validation_epoch(fitted, digits_clip, digits)
         seed=0,
     )
     assert not torch.equal(good, bvlm.image_weight)
+
+
+def test_sampled_predictive_is_calibrated_under_shift_too(fitted, digits_clip, digits):
+    """Weight draws through the whole cosine (no Gaussian logits): on noisy digits it
+    still beats the MAP model (measured NLPD 1.435 vs 1.696, ECE 0.179 vs 0.231)."""
+    bvlm, cls = fitted
+    x, y = data.read_images("digits-noise")
+    cfg = PredictConfig(predictive="samples", mc_samples=200)
+    scores = score(bvlm, image_inputs(digits_clip, x), y, cls, cfg)
+    assert scores["bayesvlm"]["nlpd"] < scores["map"]["nlpd"] - 0.1
+    assert scores["bayesvlm"]["ece"] < scores["map"]["ece"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 18, defect 2): the analytic cosine moments overshoot the "
+    "sampled logit variance, 4.6x (median) under the default split damping on noisy digits",
+)
+def test_analytic_logit_variance_matches_weight_samples_at_realistic_variance(fitted, digits_clip):
+    bvlm, cls = fitted
+    x = image_inputs(digits_clip, data.read_images("digits-noise")[0][:100])
+    analytic = bvlm.logits(x, cls).var
+    sampled = bvlm.sample_logits(x, cls, 1000, torch.Generator().manual_seed(0)).var(0)
+    ratio = (analytic / sampled).median()
+    assert 0.8 < float(ratio) < 1.2

@@ -251,3 +251,19 @@ def test_interrupted_fit_resumes_to_the_same_factors(clip, tmp_path):
         assert resumed.posteriors[t].factors.n_data == 12
     with pytest.raises(InputError, match="another 'pairs'"):
         checkpoints.load_sums(tmp_path, {"pairs": "other captions"}, "cpu")
+
+
+def test_sampled_predictions_agree_with_the_moments_where_variance_is_small(clip):
+    images = _images(clip)
+    bvlm = BayesVLM(clip, PosteriorConfig(predict_n=1e4)).fit((images, CAPTIONS))
+    bvlm.optimize_prior_precision()
+    moments = bvlm.predict(images[:3], CAPTIONS[:4])
+    sampled = bvlm.predict(images[:3], CAPTIONS[:4], predictive="samples", n_samples=4000)
+    assert sampled.samples.shape == (4000, 3, 4)
+    torch.testing.assert_close(sampled.mean, moments.mean, atol=0.02, rtol=0)
+    torch.testing.assert_close(sampled.var.sqrt(), moments.var.sqrt(), atol=0.02, rtol=0.2)
+    torch.testing.assert_close(sampled.probs(), moments.probs(), atol=0.01, rtol=0)
+    again = bvlm.predict(images[:3], CAPTIONS[:4], predictive="samples", n_samples=4000)
+    torch.testing.assert_close(again.samples, sampled.samples)  # seeded
+    with pytest.raises(Exception, match="unknown predictive"):
+        bvlm.predict(images[:3], CAPTIONS[:4], predictive="bogus")

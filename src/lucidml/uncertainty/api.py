@@ -176,7 +176,7 @@ def zeroshot(
     cls = bvlm.class_inputs(class_names, config.templates)
     log.info("zero-shot on %d images and %d classes (%s)", len(x), len(class_names), device)
     logits = bvlm.logits(img, cls)
-    probs = logits.probs(config.predictive, config.mc_samples, config.seed)
+    probs = bvlm.probs(img, cls, config)
 
     buf = io.BytesIO()
     np.savez(

@@ -117,7 +117,11 @@ def zeroshot(
     ] = None,
     classes: Classes = None,
     predictive: Annotated[
-        str | None, typer.Option(help="probit or mc.", show_default="probit")
+        str | None,
+        typer.Option(
+            help="probit, mc (logit draws) or samples (weight draws through the cosine).",
+            show_default="probit",
+        ),
     ] = None,
     out: Out = None,
     config: ConfigFile = None,

@@ -43,8 +43,8 @@ class PosteriorConfig(Config):
 
 
 class PredictConfig(Config):
-    predictive: Literal["probit", "mc"] = "probit"
-    mc_samples: int = Field(400, gt=0)
+    predictive: Literal["probit", "mc", "samples"] = "probit"
+    mc_samples: int = Field(400, gt=0)  # logit draws (mc) or weight draws (samples)
     ece_bins: int = Field(20, gt=1)
     templates: list[str] | None = None  # None: the model's own templates
     seed: int = 0

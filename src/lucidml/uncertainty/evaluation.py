@@ -32,8 +32,7 @@ def score(
     config = config or PredictConfig()
     out = {}
     for method, map_estimate in METHODS.items():
-        logits = bvlm.logits(images, classes, map_estimate=map_estimate)
-        probs = logits.probs(config.predictive, config.mc_samples, config.seed)
+        probs = bvlm.probs(images, classes, config, map_estimate=map_estimate)
         out[method] = classification_metrics(probs, labels, config.ece_bins)
     return out
 

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from lucidml.core.progress import get_logger, track
-from lucidml.errors import InputError, ModelError, ShapeError
+from lucidml.errors import ConfigError, InputError, ModelError, ShapeError
 from lucidml.uncertainty import kfac
 from lucidml.uncertainty.config import PosteriorConfig
 from lucidml.uncertainty.hessians import ggn_sum
-from lucidml.uncertainty.predictive import ProbabilisticLogits
+from lucidml.uncertainty.predictive import ProbabilisticLogits, SampledLogits
 from lucidml.uncertainty.probcos import cosine_moments
 from lucidml.uncertainty.towers import (
     TOWERS,
@@ -288,15 +288,40 @@ class BayesVLM:
         return ProbabilisticLogits(s * mean + self.logit_bias, s**2 * var)
 
     def predict(
-        self, images: torch.Tensor, texts: Sequence[str], map_estimate: bool = False
-    ) -> ProbabilisticLogits:
-        """Gaussian logits of every image against every text; ``map_estimate`` gives the
-        pretrained model's logits with zero variance."""
+        self,
+        images: torch.Tensor,
+        texts: Sequence[str],
+        map_estimate: bool = False,
+        predictive: str = "moments",
+        n_samples: int = 400,
+        seed: int = 0,
+    ) -> ProbabilisticLogits | SampledLogits:
+        """Logits of every image against every text: Gaussian (``moments``, the analytic
+        mean and variance), or ``samples``, S joint weight draws through the cosine (the
+        check on the moments). ``map_estimate`` gives the pretrained model's logits with
+        zero variance."""
         if isinstance(texts, str) or len(texts) == 0:
             raise InputError("expected a non-empty list of texts")
         img = image_inputs(self.vlm, images, self.config.encode_batch)
         txt = text_inputs(self.vlm, texts, self.config.encode_batch)
+        if predictive == "samples" and not map_estimate:
+            draws = self.sample_logits(img, txt, n_samples, torch.Generator().manual_seed(seed))
+            return SampledLogits(draws)
+        if predictive not in ("moments", "samples"):
+            raise ConfigError(f"unknown predictive '{predictive}', expected moments or samples")
         return self.logits(img, txt, map_estimate)
+
+    def probs(
+        self, img: TowerInputs, txt: TowerInputs, config, map_estimate: bool = False
+    ) -> torch.Tensor:
+        """Class probabilities under a ``PredictConfig``: probit or MC over the Gaussian
+        logits, or ``samples`` (``mc_samples`` weight draws, seeded by ``seed``)."""
+        if config.predictive == "samples" and not map_estimate:
+            gen = torch.Generator().manual_seed(config.seed)
+            return SampledLogits(self.sample_logits(img, txt, config.mc_samples, gen)).probs()
+        method = "probit" if config.predictive == "samples" else config.predictive
+        logits = self.logits(img, txt, map_estimate)
+        return logits.probs(method, config.mc_samples, config.seed)
 
     def class_inputs(
         self, class_names: Sequence[str], templates: Sequence[str] | None = None

@@ -9,7 +9,7 @@ import torch
 
 from lucidml.errors import ConfigError
 
-PREDICTIVES = ("probit", "mc")
+PREDICTIVES = ("probit", "mc", "samples")  # samples: weight draws, see SampledLogits
 
 
 def probit_scale(var: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,8 @@ class ProbabilisticLogits:
     var: torch.Tensor
 
     def probs(self, method: str = "probit", n_samples: int = 400, seed: int = 0) -> torch.Tensor:
-        """Class probabilities by the probit approximation (default) or Monte Carlo."""
+        """Class probabilities by the probit approximation (default) or Monte Carlo over
+        the Gaussian logits (``samples`` needs the weights: ``BayesVLM.predict``)."""
         if method == "probit":
             return probit_softmax(self.mean, self.var)
         if method == "mc":
@@ -71,3 +72,23 @@ class ProbabilisticLogits:
     def sigmoid_probs(self) -> torch.Tensor:
         """Probit-corrected per-class sigmoids, SigLIP's multi-label reading of its logits."""
         return probit_sigmoid(self.mean, self.var)
+
+
+@dataclass
+class SampledLogits:
+    """Logits under S joint draws of the projection weights, pushed through the whole
+    cosine (no Gaussian approximation of the logits): ``samples`` is (S, N, C)."""
+
+    samples: torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.samples.mean(0)
+
+    @property
+    def var(self) -> torch.Tensor:
+        return self.samples.var(0)
+
+    def probs(self, *_, **__) -> torch.Tensor:
+        """E[softmax] over the weight draws."""
+        return torch.softmax(self.samples, dim=-1).mean(0)
