@@ -230,8 +230,12 @@ def score(
     the head is a fifth of a forward pass. Any padding side gives the same scores.
     The greedy answer is decoded from "Q: {question} A:" alone, as many tokens as the
     gold answer has in the scored text; without ``greedy`` exact match is NaN.
+    Pairs are scored in order of answer length, so a batch's greedy decode runs few
+    steps past its rows' own answers; the results come back in the given order.
     """
     ctx = _contexts(len(questions), contexts, few_shot)
+    order = sorted(range(len(questions)), key=lambda i: len(answers[i]))
+    questions, answers, ctx = ([xs[i] for i in order] for xs in (questions, answers, ctx))
     device = next(model.parameters()).device
     trim = keeps_logits(model)
     acc, preds, first, em, texts = [], [], [], [], []
@@ -255,6 +259,7 @@ def score(
         n_tokens = b.answer_mask.sum(-1).tolist()
         if not greedy:
             em += [math.nan] * len(n_tokens)
+            texts += [""] * len(n_tokens)
             continue
         prompts = [
             format_example(q, "", c)[0].rstrip()
@@ -265,7 +270,14 @@ def score(
             texts.append(text)
             same = normalise_answer(text) == normalise_answer(answers_sl[j])
             em.append(float(same) if n_tokens[j] else math.nan)
-    return Scores(acc, preds, first, em, texts)
+
+    def given_order(values: list) -> list:
+        out = [None] * len(values)
+        for position, i in enumerate(order):
+            out[i] = values[position]
+        return out
+
+    return Scores(*(given_order(v) for v in (acc, preds, first, em, texts)))
 
 
 def token_accuracy(
