@@ -74,11 +74,13 @@ def rewrite_and_locality(smollm2, edit) -> tuple[float, float]:
     """Rewrite accuracy of the counterfactuals and locality agreement after ``edit(model)``."""
     model, tok = smollm2
     loc_q, loc_a = (list(x) for x in zip(*LOCALITY, strict=True))
-    before = score(model, tok, loc_q, loc_a)
+    before = score(model, tok, loc_q, loc_a, greedy=False)
     edited = edit(copy.deepcopy(model))
     questions, answers = [r["update"] for r in RECORDS], [r["ans"] for r in RECORDS]
-    rewrite = float(np.mean(score(edited, tok, questions, answers).accuracy))
-    return rewrite, agreement(before.predictions, score(edited, tok, loc_q, loc_a).predictions)
+    rewrite = float(np.mean(score(edited, tok, questions, answers, greedy=False).accuracy))
+    return rewrite, agreement(
+        before.predictions, score(edited, tok, loc_q, loc_a, greedy=False).predictions
+    )
 
 
 @pytest.mark.slow
