@@ -168,7 +168,10 @@ def test_first_token_and_exact_match_known_answers(tiny_lm):
     assert (m["loc_gold"], m["loc_gold_first_token"], m["loc_gold_em"]) == (1.0, 1.0, 1.0)
     assert (m["mhop"], m["mhop_first_token"], m["mhop_em"]) == (0.5, 1.0, 0.0)
     s = E.score(model, tok, ["who leads peru ?", "who leads chile ?"], ["alice bob carol", "dave"])
-    assert s.greedy == ["dave grace", "dave"]  # <unk> is skipped when decoding
+    # "dave" already departs from "alice ...": not decoded further, EM 0 all the same
+    assert s.greedy == ["dave", "dave"]
+    prompt = torch.tensor(tok("q : who leads peru ? a :")["input_ids"])
+    assert E.greedy_answers(model, tok, [prompt], [3]) == ["dave grace"]
     assert s.first_token == [0.0, 1.0] and s.exact_match == [0.0, 1.0]
     # the same answers one at a time, right-padded for the teacher-forced pass
     single = [
@@ -206,3 +209,20 @@ def test_greedy_exact_match_of_a_trained_llama_in_a_batch(tiny_lm):
     s = E.score(model, tok, qs + ["who leads chile ?"], ans + ["dave"])
     assert s.greedy[:2] == ["alice bob", "carol"]  # KV-cached, left-padded batch
     assert s.exact_match == [1.0, 1.0, 0.0] and s.first_token == [1.0, 1.0, 0.0]
+
+
+def test_could_match_rules_out_only_answers_that_cannot_match():
+    assert E.could_match(" Keir", "Keir Starmer") and E.could_match(" keir", "Keir Starmer")
+    assert E.could_match("", "Keir Starmer")  # an empty start rules nothing out
+    assert not E.could_match(" Rishi", "Keir Starmer")
+
+
+@pytest.mark.parametrize("make_tok", ["word", "char"])
+def test_greedy_prompt_stops_where_the_answer_starts(tiny_lm, make_tok):
+    # a char tokenizer scores the space before the answer as prompt, a word one drops it
+    tok = tiny_lm[1] if make_tok == "word" else char_tokenizer(add_eos=False)
+    b = E.encode(tok, ["who leads peru ?", "who ?"], ["alice bob", "carol"], ["", ""], "left")
+    space = " " if make_tok == "char" else ""
+    for j, q in enumerate(["who leads peru ?", "who ?"]):
+        expected = tok(f"Q: {q} A:{space}")["input_ids"]
+        assert E._before_answer(b, j).tolist() == expected

@@ -125,15 +125,25 @@ def _contexts(n: int, contexts: list[str] | None, few_shot: bool) -> list[str]:
     return [FEW_SHOT if few_shot else ""] * n
 
 
-def first_token_hits(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor):
+def first_token_hits(
+    logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, 1.0 when the argmax before the first answer token is that token (NaN
-    for rows without an answer token)."""
+    for rows without an answer token), and that argmax: the greedy answer's first token."""
     has_answer = mask[:, 1:].any(-1)
     first = mask[:, 1:].float().argmax(-1)  # index into the shifted (prediction) positions
     rows = torch.arange(len(input_ids), device=input_ids.device)
-    hit = logits[rows, first].argmax(-1) == input_ids[rows, first + 1]
+    predicted = logits[rows, first].argmax(-1)
+    hit = predicted == input_ids[rows, first + 1]
     nan = torch.full_like(hit, float("nan"), dtype=torch.float)
-    return torch.where(has_answer, hit.float(), nan)
+    return torch.where(has_answer, hit.float(), nan), predicted
+
+
+def could_match(first_token_text: str, answer: str) -> bool:
+    """Whether a greedy answer starting with this text can still equal ``answer`` once
+    normalised (case-folded, whitespace collapsed): its start must be the answer's."""
+    start = " ".join(first_token_text.split()).casefold()
+    return " ".join(answer.split()).casefold().startswith(start)
 
 
 _TRAILING_PUNCTUATION = ".,;:!?'\""
@@ -152,21 +162,26 @@ def takes_cache(model) -> bool:
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[str], n_tokens: list[int]) -> list[str]:
-    """Greedy decoding of ``n_tokens[i]`` tokens after each prompt, batched.
+def greedy_answers(model, tokenizer, prompts: list[torch.Tensor], n_tokens: list[int]) -> list[str]:
+    """Greedy decoding of ``n_tokens[i]`` tokens after each prompt (token ids), batched.
 
-    Left padding with explicit position ids, so each row decodes as it would alone.
+    The prompts are the scored rows' tokens before the first answer token, so the
+    answer starts where teacher forcing scores it, whether or not the tokenizer merges
+    the space before it. Left padding with explicit position ids, so each row decodes
+    as it would alone.
     The model's KV cache is used when its forward takes one; other models (the tests'
     lookup models) get the whole sequence again at every step.
     """
+    if not prompts:
+        return []
     device = next(model.parameters()).device
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = old_side
-    ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], attn[i, width - len(p) :] = p, 1
+    ids, attn = ids.to(device), attn.to(device)
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     cached, trim = takes_cache(model), keeps_logits(model)
     step_ids, step_pos, past, new = ids, positions, None, []
@@ -194,7 +209,8 @@ class Scores:
     predictions: list[torch.Tensor]  # argmax ids at each example's answer positions
     first_token: list[float]  # 1.0 when the first answer token is the argmax
     exact_match: list[float]  # 1.0 when the greedy answer equals the gold one (normalised)
-    greedy: list[str]  # the greedy answers, as decoded
+    # the greedy answers, as decoded; only the first token where that rules out a match
+    greedy: list[str]
 
 
 def _answer_window(mask: torch.Tensor) -> int:
@@ -208,6 +224,12 @@ def keeps_logits(model) -> bool:
     import inspect
 
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _before_answer(b: Batch, row: int) -> torch.Tensor:
+    """A scored row's real tokens before its first answer token (the greedy prompt)."""
+    first = int(b.answer_mask[row].float().argmax())
+    return b.input_ids[row, :first][b.attention_mask[row, :first].bool()].cpu()
 
 
 @torch.no_grad()
@@ -228,8 +250,8 @@ def score(
     With left padding (the default) every answer ends its row, so the LM head runs only
     on the last positions that predict answer tokens (``logits_to_keep``): on SmolLM2
     the head is a fifth of a forward pass. Any padding side gives the same scores.
-    The greedy answer is decoded from "Q: {question} A:" alone, as many tokens as the
-    gold answer has in the scored text; without ``greedy`` exact match is NaN.
+    The greedy answer is decoded from the tokens before the answer alone, as many
+    tokens as the gold answer has in the scored text; without ``greedy`` exact match is NaN.
     Pairs are scored in order of answer length, so a batch's greedy decode runs few
     steps past its rows' own answers; the results come back in the given order.
     """
@@ -253,7 +275,8 @@ def score(
         ids, mask = b.input_ids[:, -keep:], b.answer_mask[:, -keep:]
         a, p = token_hits(logits.float(), ids, mask)
         acc += a.tolist()
-        first += first_token_hits(logits, ids, mask).tolist()
+        hits, first_predicted = first_token_hits(logits, ids, mask)
+        first += hits.tolist()
         m = mask[:, 1:]
         preds += [p[j][m[j]].cpu() for j in range(len(p))]
         n_tokens = b.answer_mask.sum(-1).tolist()
@@ -261,14 +284,22 @@ def score(
             em += [math.nan] * len(n_tokens)
             texts += [""] * len(n_tokens)
             continue
-        prompts = [
-            format_example(q, "", c)[0].rstrip()
-            for q, c in zip(questions[sl], ctx[sl], strict=True)
-        ]
+        prompts = [_before_answer(b, j) for j in range(len(n_tokens))]
         answers_sl = answers[sl]
-        for j, text in enumerate(greedy_answers(model, tokenizer, prompts, n_tokens)):
+        # The greedy first token is the argmax just computed (same prefix). A row whose
+        # first token already departs from the answer cannot match: EM 0 without
+        # decoding; before edits that is nearly every row, so decoding stays cheap.
+        starts = [tokenizer.decode([t], skip_special_tokens=True) for t in first_predicted]
+        live = [j for j, a in enumerate(answers_sl) if n_tokens[j] and could_match(starts[j], a)]
+        decoded = greedy_answers(
+            model, tokenizer, [prompts[j] for j in live], [n_tokens[j] for j in live]
+        )
+        batch_texts = list(starts)
+        for j, text in zip(live, decoded, strict=True):
+            batch_texts[j] = text
+        for j, text in enumerate(batch_texts):
             texts.append(text)
-            same = normalise_answer(text) == normalise_answer(answers_sl[j])
+            same = j in live and normalise_answer(text) == normalise_answer(answers_sl[j])
             em.append(float(same) if n_tokens[j] else math.nan)
 
     def given_order(values: list) -> list:
