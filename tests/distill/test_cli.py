@@ -215,3 +215,23 @@ def test_normalised_images_are_refused_without_input_norm(digits, tmp_path, tiny
     results = json.loads((out / "results.json").read_text())
     assert results["input_scaling"] == "x*std+mean"
     assert "input_norm:" in (out / "config.yaml").read_text()
+
+
+def test_an_explicit_hard_regime_ignores_soft_labels_in_the_file(
+    digits, tmp_path, tiny_preset, capsys
+):
+    idx = torch.arange(0, 200, 20)
+    path = tmp_path / "with_soft.pt"
+    stored = {"images": digits.train_x[idx], "labels": digits.train_y[idx]}
+    torch.save({**stored, "soft_labels": torch.randn(10, 10)}, path)
+    out = tmp_path / "hard"
+    args = ["distill", "score", "--images", str(path), "--preset", str(tiny_preset)]
+    code, _, err = run_cli([*args, "--regime", "hard", "--out", str(out)], capsys)
+    assert code == 0 and "scores it without them" in err, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["label_regime"] == "hard" and results["soft_label_mode"] is None
+    # the same as the file without its soft labels
+    torch.save(stored, tmp_path / "plain.pt")
+    plain = ["distill", "score", "--images", str(tmp_path / "plain.pt"), "--preset"]
+    assert run_cli([*plain, str(tiny_preset), "--out", str(tmp_path / "p"), "-q"], capsys)[0] == 0
+    assert json.loads((tmp_path / "p" / "results.json").read_text())["runs"] == results["runs"]

@@ -158,7 +158,10 @@ def score(
     )
     if input_scaling != "none":
         LOG.info("distilled images brought to [0, 1] pixels by %s", input_scaling)
-    if soft is not None and cfg.soft_labels is None:
+    if soft is not None and cfg.soft_labels is None and cfg.regime == "hard":
+        LOG.warning("%s holds soft labels; --regime hard scores it without them", cfg.images)
+        soft = None
+    elif soft is not None and cfg.soft_labels is None:
         # the images file holds its own soft labels: score them as stored logits (mode S)
         LOG.info("%s holds soft labels: scoring with soft labels, mode S", cfg.images)
         cfg = cfg.with_stored_soft_labels()

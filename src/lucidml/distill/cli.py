@@ -190,7 +190,12 @@ def score(
         ),
     ] = None,
     regime: Annotated[
-        str | None, typer.Option("--regime", help="hard or soft labels.", show_default="hard")
+        str | None,
+        typer.Option(
+            "--regime",
+            help="hard or soft labels; hard ignores soft labels stored in the images file.",
+            show_default="soft (mode S) if the images file holds soft labels, else the recipe's",
+        ),
     ] = None,
     input_norm: Annotated[
         str | None,
@@ -232,7 +237,7 @@ def score(
         labels=str(labels_file) if labels_file else None,
         soft_labels=str(soft_labels) if soft_labels else None,
         teachers=[str(t) for t in teacher] if teacher else None,
-        regime=regime if regime or ev is None else ev.labels,
+        regime=regime,
         input_norm=input_norm,
         quick=quick,
         data_root=data_root,

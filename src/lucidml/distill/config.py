@@ -268,7 +268,9 @@ class ScoreConfig(_Job):
     labels: str | None = None  # a labels tensor file, if the images file has none
     soft_labels: str | None = None  # stored teacher logits (N, K): soft labels, mode S
     teachers: list[str] = []  # teacher state dicts for the soft-label modes
-    regime: Literal["hard", "soft"] = "hard"
+    # auto: soft labels in mode S if the images file holds them, else the recipe's labels;
+    # hard or soft as given (hard ignores soft labels stored in the file)
+    regime: Literal["auto", "hard", "soft"] = "auto"
     # Mean/std-normalised images: means then stds, one each or one per channel; the
     # images are un-normalised (x * std + mean) to the [0, 1] pixels of the real data.
     input_norm: list[float] | None = None
@@ -279,6 +281,8 @@ class ScoreConfig(_Job):
     @model_validator(mode="before")
     @classmethod
     def _eval(cls, data):
+        if isinstance(data, dict) and data.get("regime") is None:
+            data = {**data, "regime": "auto"}  # not read from the recipe: the file may decide
         if not isinstance(data, dict) or data.get("soft_labels") is None:
             return _fill_eval(data, "regime")
         return _stored_logits(data)
