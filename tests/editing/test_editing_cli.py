@@ -285,3 +285,21 @@ def test_report_shows_strict_metrics_and_the_unedited_model_once():
     assert report.count("| lora | 0.50 / 0.25 / 0.00 |") == 1
     assert report.count("| unedited | 0.20 / 0.00 / 0.00 |") == 1  # not once per method
     assert "| lora | 0.20" not in report
+
+
+def test_bad_benchmarks_and_outputs_fail_before_the_model_loads(tmp_path, capsys):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "benchmark.json").write_text("{not json")
+    run = ("editing", "run", "--method", "rag", "--benchmark", str(bench))
+    assert lucid(*run, "--out", str(tmp_path / "o")) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    (bench / "benchmark.json").write_text(json.dumps({"timesteps": [{}]}))
+    (bench / "timestep_000.jsonl").write_text(json.dumps({"update": "Q?"}) + "\n")
+    assert lucid(*run, "--out", str(tmp_path / "o")) == 2
+    assert "timestep_000.jsonl, record 1: no ans" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "afile").write_text("")
+    assert lucid("editing", "run", "--method", "rag", "--out", str(tmp_path / "afile")) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "loading" not in err

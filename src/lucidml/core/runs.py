@@ -250,6 +250,8 @@ def _fresh_refusal(
 ) -> str | None:
     """Why a new run may not start in ``path`` (None: it may); on ``overwrite`` the
     folder of an earlier run is emptied (if ``empty``; else only checked)."""
+    if path.exists() and not path.is_dir():
+        return f"--out {path} is a file, not a folder"
     if not _holds_anything(path):
         return None
     if not overwrite:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lucidml.core.progress import get_logger, track
-from lucidml.core.runs import atomic_write_text, write_json
+from lucidml.core.runs import atomic_write_text, read_json, write_json
 from lucidml.editing import questions as Q
 from lucidml.editing import wikidata
 from lucidml.editing.config import BuildConfig
@@ -323,6 +323,9 @@ def build_benchmark(
     return manifest
 
 
+REQUIRED_FIELDS = ("update", "ans")  # the question and answer every editor and metric reads
+
+
 def load_benchmark(folder: str | Path) -> list[list[dict]]:
     """The records of each timestep, in order."""
     folder = Path(folder)
@@ -331,11 +334,21 @@ def load_benchmark(folder: str | Path) -> list[list[dict]]:
             f"{folder} is not a benchmark folder: benchmark.json is missing "
             "(run `lucid editing build` first)"
         )
+    manifest = read_json(folder / "benchmark.json")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("timesteps"), list):
+        raise InputError(f"{folder / 'benchmark.json'} has no list of timesteps")
     steps = []
-    for t in range(len(json.loads((folder / "benchmark.json").read_text())["timesteps"])):
+    for t in range(len(manifest["timesteps"])):
         path = timestep_file(folder, t)
         try:
-            steps.append([json.loads(line) for line in path.read_text().splitlines() if line])
-        except (OSError, json.JSONDecodeError) as exc:
+            records = [json.loads(line) for line in path.read_text().splitlines() if line]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"benchmark file {path} cannot be read: {exc}") from None
+        for line, record in enumerate(records, 1):
+            missing = [
+                k for k in REQUIRED_FIELDS if not isinstance(record, dict) or k not in record
+            ]
+            if missing:
+                raise InputError(f"{path}, record {line}: no {', '.join(missing)}")
+        steps.append(records)
     return steps
