@@ -84,6 +84,7 @@ def test_rank_writes_leaderboard(tmp_path, tiny_preset, capsys):
     assert (out / "leaderboard_ipc1_hard.png").is_file()
     assert "LRS" in stdout and "items: 0 reused, 5 computed" in stdout  # 2 sets, 3 cells
     assert results["env"]["device"] == "cpu" and results["env"]["processes"] == 1
+    assert results["label_regime"] == "hard" and results["soft_label_mode"] is None
     for name, path in results["sets"].items():  # each distilled set, as safetensors
         stored = load_file(out / path)
         assert stored["images"].shape == (10, 1, 8, 8) and stored["labels"].tolist() == list(

@@ -117,6 +117,11 @@ def _rank(cfg: RankConfig, evaluator: Evaluator, work: Workspace) -> dict | None
         "dataset": cfg.dataset,
         "ipc": cfg.ipc,
         "labels": cfg.labels,
+        # the same keys as score's results.json, so both read alike
+        "label_regime": evaluator.cfg.labels,
+        "soft_label_mode": evaluator.cfg.soft_label_mode
+        if evaluator.cfg.labels == "soft"
+        else None,
         "quick": cfg.quick,
         "acc_real_hard": evaluator.acc_real_hard,
         "methods": scored,
