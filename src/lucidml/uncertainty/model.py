@@ -77,12 +77,21 @@ class TowerPosterior:
     beta: torch.Tensor = field(init=False)
     V: torch.Tensor = field(init=False)
 
+    _last_M: tuple = field(init=False, default=(None, None), repr=False, compare=False)
+
     def __post_init__(self):
         self.alpha, self.U = kfac.psd_eigh(self.factors.A)
         self.beta, self.V = kfac.psd_eigh(self.factors.B)
 
     def covariance_eigenvalues(self, n: float, damping: str) -> torch.Tensor:
-        return kfac.covariance_eigenvalues(self.alpha, self.beta, n, self.prior_precision, damping)
+        """M at (n, damping, the current prior precision), kept for the next call: the
+        split scale's search costs ~7 ms, and sampling asks again for every chunk."""
+        key = (n, damping, self.prior_precision)
+        if self._last_M[0] != key:
+            lam = self.prior_precision
+            M = kfac.covariance_eigenvalues(self.alpha, self.beta, n, lam, damping)
+            self._last_M = (key, M)
+        return self._last_M[1]
 
 
 class BayesVLM:
