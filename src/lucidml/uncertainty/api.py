@@ -26,7 +26,6 @@ from lucidml.core.runs import (
     claim,
     environment,
     path_inputs,
-    run_dir_path,
     to_json,
     write_json,
 )
@@ -72,12 +71,6 @@ def _hessian_folder(hessian: str | Path | None) -> Path:
     return Path(hessian)
 
 
-def _resume_folder(out: str | Path | None, resume: bool) -> Path | None:
-    if resume and out is None:
-        raise InputError("--resume needs --out, the folder of the run to continue")
-    return run_dir_path(SYSTEM, out) if resume else None
-
-
 def fit(
     config: FitJobConfig | None = None,
     out: str | Path | None = None,
@@ -92,7 +85,6 @@ def fit(
     folder's stored config and inputs are checked first, see ``core.runs.claim``)."""
     config = config or FitJobConfig()
     device = _start(device, config.seed)
-    resume_dir = _resume_folder(out, resume)
     images, captions = data.read_pairs(config.pairs)
     vlm = load_model(config.model, device)
     bvlm = BayesVLM(vlm, config)
@@ -111,10 +103,10 @@ def fit(
         inputs=path_inputs(model=config.model, pairs=config.pairs),
     )
     sums = None
-    if resume_dir is not None:
-        sums = checkpoints.load_sums(resume_dir / "checkpoints", identity, bvlm.device)
+    if resume:
+        sums = checkpoints.load_sums(run / "checkpoints", identity, bvlm.device)
         if sums is None:
-            log.info("no checkpoint in %s: fitting from the first class batch", resume_dir)
+            log.info("no checkpoint in %s: fitting from the first class batch", run.path)
     log.info(
         "fitting the posterior of %s on %d image-caption pairs (encoders on %s, "
         "float64 factors on %s)",
@@ -227,7 +219,6 @@ def active(
     inputs (model, posterior, pool, targets, classes, settings) are unchanged."""
     config = config or ActiveJobConfig()
     device = _start(device, config.seed)
-    _resume_folder(out, resume)
     hessian = _hessian_folder(config.hessian)
     budgets = sorted(set(config.budgets or [config.budget]))
     if budgets[0] < 1 or budgets[-1] > config.budget:
