@@ -267,3 +267,24 @@ def test_sampled_predictions_agree_with_the_moments_where_variance_is_small(clip
     torch.testing.assert_close(again.samples, sampled.samples)  # seeded
     with pytest.raises(Exception, match="unknown predictive"):
         bvlm.predict(images[:3], CAPTIONS[:4], predictive="bogus")
+
+
+def test_a_posterior_saved_before_the_fitted_split_loads_as_the_reference_split(clip, tmp_path):
+    import json
+
+    images = _images(clip)
+    cfg = PosteriorConfig(damping="split-reference")
+    old = BayesVLM(clip, cfg).fit((images, CAPTIONS)).optimize_prior_precision()
+    old.save(tmp_path)
+    meta = json.loads((tmp_path / "posterior.json").read_text())
+    meta["config"]["damping"] = "split"  # what the earlier code wrote for this posterior
+    del meta["split_scale"]
+    (tmp_path / "posterior.json").write_text(json.dumps(meta))
+    loaded = BayesVLM.load(clip, tmp_path)
+    assert loaded.config.damping == "split-reference"
+    torch.testing.assert_close(
+        loaded.predict(images[:3], CAPTIONS[:4]).var, old.predict(images[:3], CAPTIONS[:4]).var
+    )
+    old.config = old.config.updated(damping="split")
+    old.save(tmp_path / "new")  # written now: "split" is read as written
+    assert BayesVLM.load(clip, tmp_path / "new").config.damping == "split"

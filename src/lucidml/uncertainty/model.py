@@ -397,6 +397,8 @@ class BayesVLM:
             "config": self.config.model_dump(
                 mode="json", include=set(PosteriorConfig.model_fields)
             ),
+            # "split" meant the reference's damping before the scale was fitted
+            "split_scale": "marginal-likelihood",
         }
         write_json(folder / META_FILE, meta)
         return folder
@@ -413,7 +415,15 @@ class BayesVLM:
         ``device`` (None: where ``vlm`` is), whichever device the factors were fitted on."""
         folder = Path(folder)
         meta, tensors = _read_posterior_files(folder)
-        base = PosteriorConfig.from_dict(meta.get("config", {}), source=str(folder / META_FILE))
+        stored = dict(meta.get("config", {}))
+        if stored.get("damping", "split") == "split" and "split_scale" not in meta:
+            log.warning(
+                "%s was saved when 'split' damping meant the reference's: loading it as "
+                "split-reference, the posterior it was fitted with",
+                folder,
+            )
+            stored["damping"] = "split-reference"
+        base = PosteriorConfig.from_dict(stored, source=str(folder / META_FILE))
         self = cls(vlm, config or base, device)
         fitted_on = f"'{meta.get('model')}'"
         if meta.get("kind") != vlm.kind:
