@@ -17,6 +17,8 @@ EXEMPT = {
     ("editing parse", "--device"): "parsing a dump runs no model",
     ("editing parse", "--seed"): "parsing is deterministic: nothing is drawn at random",
     ("uncertainty zeroshot", "--resume"): "one forward pass over the images, nothing to resume",
+    ("feasibility baseline", "--resume"): "one encoder pass over the names, nothing to resume",
+    ("feasibility czsl", "--resume"): "small heads train in seconds on precomputed features",
     ("chunking rnn", "--resume"): "every regime at its paper defaults runs in under a minute "
     "(longest: several_chunks with 30 graft repeats, 47 s wall / 31 s CPU on a busy 2-core box)",
 }
