@@ -23,13 +23,14 @@ import time
 import torch
 import torch.nn.functional as F
 
+from lucidml.core.runs import derive_seed
 from lucidml.core.zoo import load_digits
 from lucidml.distill.augment import DSA, Augmenter
 from lucidml.distill.config import EvalConfig
 from lucidml.distill.data import random_subset
 from lucidml.distill.losses import cross_entropy
 from lucidml.distill.models import build_model
-from lucidml.distill.trainer import Member, derive_seed, train_batched, train_sequential
+from lucidml.distill.trainer import Member, train_batched, train_sequential
 
 
 def group_composition(ipc: int) -> None:

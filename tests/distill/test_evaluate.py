@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from lucidml.core.runs import derive_seed
 from lucidml.distill.baselines import distill
 from lucidml.distill.config import DistillConfig
 from lucidml.distill.data import random_subset
 from lucidml.distill.evaluate import Evaluator
 from lucidml.distill.scores import score_map
-from lucidml.distill.trainer import derive_seed
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ creating the run folder, so a user mistake leaves nothing half-written. With
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -27,7 +25,16 @@ from lucidml.core.config import resolve_device, resolve_dtype, seed_everything
 from lucidml.core.distributed import ItemStore
 from lucidml.core.progress import get_logger, track
 from lucidml.core.report import Report
-from lucidml.core.runs import Run, claim, environment, path_inputs, write_json, write_yaml
+from lucidml.core.runs import (
+    Run,
+    claim,
+    digest,
+    environment,
+    folder_digest,
+    path_inputs,
+    write_json,
+    write_yaml,
+)
 from lucidml.errors import InputError
 
 log = get_logger("chunking")
@@ -248,12 +255,6 @@ def open_run(cfg, out: str | Path | None, resume: bool, overwrite: bool, **input
     )
 
 
-def digest(*parts) -> str:
-    """A short hash of JSON-able parts (strings, numbers, lists, dicts)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def model_fingerprint(model) -> str:
     """A hash of the weights (each parameter's sum, in its own dtype: MPS has no float64),
     so a model folder whose weights changed between a run and its resume is noticed."""
@@ -262,15 +263,6 @@ def model_fingerprint(model) -> str:
     with torch.no_grad():
         sums = [float(p.sum()) for p in model.parameters()]
     return digest(type(model).__name__, sums)
-
-
-def files_digest(folder: Path) -> str:
-    """A hash of the bytes of every file directly in ``folder``."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.iterdir() if p.is_file()):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def job_key(cfg, device: str, model, *inputs) -> str:
@@ -545,7 +537,7 @@ def _templates_for(cfg: GraftConfig, model, tok, text_path, templates_dir):
             raise InputError(
                 f"{templates_dir} has no step-0 template of '{cfg.word}' at layer {missing[0]}"
             )
-        return (lambda: {ell: found[ell] for ell in cfg.layers}), files_digest(Path(templates_dir))
+        return (lambda: {ell: found[ell] for ell in cfg.layers}), folder_digest(templates_dir)
     text = read_text(text_path)
     sents = split_sentences(text)
     if len(sents) < MIN_SENTENCES:

@@ -13,8 +13,10 @@ import logging
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,84 @@ def input_fingerprint(path: str | Path) -> dict:
             "sha256": hashlib.sha256(f.read_bytes()).hexdigest() if small else None,
         }
     return {"path": str(path.resolve()), "files": listing}
+
+
+# --- content digests: the one scheme behind every cache key and derived seed -----------
+
+
+def _feed(h, part: Any) -> None:
+    """Add one part to the hash ``h``: a kind tag, a length-prefixed header (dtype and
+    shape) and a length-prefixed payload, so the encoding is unambiguous: parts never run
+    into each other, and a tensor, an array, bytes and a JSON value never collide."""
+    # torch and numpy are looked up, not imported: a part cannot be a tensor or an array
+    # unless its library is loaded, and a digest of plain values should not load torch
+    torch, np = sys.modules.get("torch"), sys.modules.get("numpy")
+    if torch is not None and isinstance(part, torch.Tensor):
+        t = part.detach().cpu().resolve_conj().resolve_neg().contiguous()
+        kind, header = b"T", f"{t.dtype}{tuple(t.shape)}"
+        # as bytes through torch: numpy has no view of bfloat16 and some other dtypes
+        payload = t.reshape(-1).view(torch.uint8).numpy()
+    elif np is not None and isinstance(part, np.ndarray) and not part.dtype.hasobject:
+        a = np.ascontiguousarray(part)
+        kind, header, payload = b"A", f"{a.dtype.str}{a.shape}", a.reshape(-1).view(np.uint8)
+    elif isinstance(part, bytes | bytearray | memoryview):
+        kind, header, payload = b"B", "", part
+    elif part is None:
+        kind, header, payload = b"N", "", b""
+    else:  # an object array's bytes are pointers, so it is hashed by its values
+        value = part.tolist() if np is not None and isinstance(part, np.ndarray) else part
+        kind, header = b"J", ""
+        payload = json.dumps(value, sort_keys=True, default=str).encode()
+    head = header.encode()
+    size = memoryview(payload).nbytes
+    h.update(kind + len(head).to_bytes(8, "little") + head + size.to_bytes(8, "little"))
+    h.update(payload)
+
+
+def digest(*parts: Any) -> str:
+    """A hex digest (BLAKE2b, 16 bytes) of ``parts`` in order: what cache keys and item
+    names are made of, in every system, so that two keys agree exactly when their inputs do.
+
+    Each part is a torch tensor (its dtype, shape and bytes; moved to CPU first), a numpy
+    array (dtype, shape and bytes), bytes, None (a marker of its own: ``digest(None)`` is
+    not ``digest()``), or a JSON-able value (``json.dumps`` with sorted keys; what JSON
+    cannot write becomes ``str``). Every part is tagged and length-prefixed, so
+    ``("ab", "c")`` and ``("a", "bc")`` differ, as do ``1`` and ``"1"``.
+
+    The scheme is pinned by a test: stored caches are found by these digests, so changing
+    it makes every cache miss once (recomputed, never wrong)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        _feed(h, part)
+    return h.hexdigest()
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from any parts (``derive_seed(seed, "teacher", i)``): one
+    independent, reproducible random stream per purpose from a single user seed, the same
+    in every run, process and machine (unlike Python's salted ``hash``). The parts' text
+    forms are joined with ':' (so 0 and "0" give one seed): the scheme distill's measured
+    numbers were drawn with, kept so they reproduce."""
+    raw = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(raw[:4], "little") & 0x7FFFFFFF
+
+
+def folder_digest(folder: str | Path, names: Iterable[str] | None = None) -> str:
+    """The digest of files' names and bytes: the files ``names`` in ``folder``, or every
+    file directly in it (not its subfolders), in name order. It identifies what a cache
+    was made from when that is a folder (saved factors, templates), read one file at a
+    time (the same as ``digest(name, bytes, ...)`` over those files); a missing named
+    file raises ``FileNotFoundError``."""
+    folder = Path(folder)
+    if names is None:
+        files = [p for p in folder.iterdir() if p.is_file()]
+    else:
+        files = [folder / name for name in names]
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted(files, key=lambda p: p.name):
+        _feed(h, f.name)
+        _feed(h, f.read_bytes())
+    return h.hexdigest()
 
 
 def path_inputs(**candidates: Any) -> dict[str, Path]:

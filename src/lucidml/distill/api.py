@@ -13,11 +13,11 @@ from lucidml.core.config import resolve_device
 from lucidml.core.distributed import world_size
 from lucidml.core.progress import get_logger
 from lucidml.core.report import Report
-from lucidml.core.runs import Run, claim, environment, path_inputs, write_json
+from lucidml.core.runs import Run, claim, digest, environment, path_inputs, write_json
 from lucidml.distill.cells import CellJob, Workspace, distilled_sets, set_key
 from lucidml.distill.config import EvalConfig, RankConfig, ScoreConfig
 from lucidml.distill.data import class_counts, load_dataset, load_distilled
-from lucidml.distill.evaluate import Evaluator, tensor_hash
+from lucidml.distill.evaluate import Evaluator
 from lucidml.distill.plots import leaderboard_caption, leaderboard_figure, soft_vs_hard_figure
 from lucidml.errors import InputError
 
@@ -184,7 +184,7 @@ def score(
         **teachers,
     )
     work = Workspace(run.path, resume)
-    job = CellJob(evaluator, {"syn": tensor_hash(x, y, soft)}, class_counts(y), work.cells)
+    job = CellJob(evaluator, {"syn": digest(x, y, soft)}, class_counts(y), work.cells)
     items = _items(work.stored(job.paths()), len(job.paths()))
     evaluator.fit()
     job.compute({"syn": (x, y, soft)})

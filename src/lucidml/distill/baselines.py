@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lucidml.core.progress import track
+from lucidml.core.runs import derive_seed
 from lucidml.distill.augment import DSA
 from lucidml.distill.config import DistillConfig
 from lucidml.distill.data import random_subset
 from lucidml.distill.models import build_model
-from lucidml.distill.trainer import derive_seed, init_model
+from lucidml.distill.trainer import init_model
 from lucidml.errors import InputError, ShapeError
 
 Features = Callable[[torch.Tensor], torch.Tensor]

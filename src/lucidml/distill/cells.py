@@ -40,9 +40,10 @@ from lucidml.core.distributed import (
     wait_for,
 )
 from lucidml.core.progress import get_logger, track
+from lucidml.core.runs import digest
 from lucidml.distill.baselines import distill
 from lucidml.distill.config import DistillConfig
-from lucidml.distill.evaluate import Evaluator, Source, fingerprint, tensor_hash
+from lucidml.distill.evaluate import Evaluator, Source
 
 LOG = get_logger("distill")
 
@@ -78,11 +79,11 @@ def set_key(method: str, ipc: int, cfg: DistillConfig, evaluator: Evaluator) -> 
         "seed": evaluator.cfg.seed,
         "distill": cfg.model_dump(mode="json"),
         "data": evaluator.data_key,
-        "train_index": tensor_hash(evaluator.train_index),
+        "train_index": digest(evaluator.train_index),
         "device": evaluator.device.split(":")[0],
         "version": __version__,
     }
-    return f"{method}-{fingerprint(basis)}"
+    return f"{method}-{digest(basis)}"
 
 
 def distilled_sets(
@@ -122,9 +123,9 @@ class CellJob:
         for r in self.runs:
             for name in self.names:
                 cell = {"kind": "set", "set": set_keys[name], "group": group, "run": r}
-                self._keys[("set", name, r)] = f"set-{name}-run{r}-{fingerprint(basis | cell)}"
+                self._keys[("set", name, r)] = f"set-{name}-run{r}-{digest(basis | cell)}"
             cell = {"kind": "random", "run": r}
-            self._keys[("random", None, r)] = f"random-run{r}-{fingerprint(basis | cell)}"
+            self._keys[("random", None, r)] = f"random-run{r}-{digest(basis | cell)}"
 
     def items(self) -> list[tuple]:
         """Every item, in the fixed order of the gather: run by run, each set then the

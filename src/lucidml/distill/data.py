@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from lucidml.core.runs import digest
 from lucidml.core.zoo import ImageDataset, load_digits
 from lucidml.errors import InputError, NotInstalledError, ShapeError
 
@@ -21,11 +21,8 @@ PIXEL_RANGE = (-0.05, 1.05)
 
 
 def data_hash(data: ImageDataset) -> str:
-    """A short content hash of a dataset's splits (keys the teacher cache)."""
-    h = hashlib.sha256()
-    for t in (data.train_x, data.train_y, data.test_x, data.test_y):
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """A digest of a dataset's splits (dtypes, shapes and values; keys the teacher cache)."""
+    return digest(data.train_x, data.train_y, data.test_x, data.test_y)
 
 
 def _read_image_folder(

@@ -16,9 +16,6 @@ the images per class, so an evaluator reuses them across the sets it scores.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +24,7 @@ from lucidml import __version__
 from lucidml.core.config import resolve_device
 from lucidml.core.distributed import is_main_process, wait_for
 from lucidml.core.progress import get_logger, track
+from lucidml.core.runs import derive_seed, digest
 from lucidml.core.zoo import ImageDataset
 from lucidml.distill.augment import DSA, ZCA, Augmenter
 from lucidml.distill.config import EvalConfig
@@ -41,7 +39,7 @@ from lucidml.distill.losses import LOSSES, LOSSES_READING_LABELS
 from lucidml.distill.models import build_model
 from lucidml.distill.scores import augmentation_robust_score, label_robust_score
 from lucidml.distill.teachers import TeacherEnsemble, cache_dir, load_or_train, load_teacher_files
-from lucidml.distill.trainer import Member, derive_seed, pick_engine, select
+from lucidml.distill.trainer import Member, pick_engine, select
 from lucidml.errors import InputError
 
 ROW_KEYS = (
@@ -65,25 +63,6 @@ LOG = get_logger("distill")
 
 Source = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # (x, y, stored soft labels)
 Condition = tuple[str, bool, tuple[float, ...]]  # (labels, augmentation, learning rates)
-
-
-def fingerprint(obj) -> str:
-    """A short hash of a JSON-able object (dict keys sorted)."""
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def tensor_hash(*tensors: torch.Tensor | None) -> str:
-    """A short content hash of tensors (shape, dtype and values; None counts as absent)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        if t is None:
-            h.update(b"none")
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class Evaluator:
@@ -176,11 +155,11 @@ class Evaluator:
         recipe = self.cfg.model_dump(mode="json", exclude=set(_NOT_IN_CELLS))
         teachers = None  # the real-data models: fixed by the recipe and the data
         if self.teacher_files:
-            teachers = [tensor_hash(*t.state_dict().values()) for t in self.teachers]
+            teachers = [digest(*t.state_dict().values()) for t in self.teachers]
         return {
             "recipe": recipe,
             "data": self.data_key,
-            "train_index": tensor_hash(self.train_index),
+            "train_index": digest(self.train_index),
             "teacher_files": teachers,
             "device": self.device.split(":")[0],
             "version": __version__,
@@ -415,7 +394,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def recipe_hash(cfg: EvalConfig) -> str:
     """A short hash of the recipe (the device it ran on is recorded in ``env`` instead)."""
-    return fingerprint(cfg.model_dump(mode="json", exclude={"device"}))
+    return digest(cfg.model_dump(mode="json", exclude={"device"}))
 
 
 def evaluate(

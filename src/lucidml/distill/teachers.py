@@ -7,8 +7,6 @@ one per teacher seed, together in one batched group, and cached under
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lucidml.core.progress import get_logger
-from lucidml.core.runs import read_json, save_torch, write_json
+from lucidml.core.runs import derive_seed, digest, read_json, save_torch, write_json
 from lucidml.core.zoo import lucid_home
 from lucidml.distill.augment import DSA, Augmenter
 from lucidml.distill.losses import cross_entropy
-from lucidml.distill.trainer import Member, derive_seed, pick_engine
+from lucidml.distill.trainer import Member, pick_engine
 from lucidml.errors import InputError, ModelError
 
 
@@ -41,8 +39,11 @@ class TeacherEnsemble(nn.Module):
 
 
 def cache_dir(dataset: str, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return lucid_home() / "distill" / "teachers" / f"{dataset}-{digest}"
+    """The cache folder of the real-data models trained from ``key`` (``Evaluator.real_key``).
+    Its name is a ``core.runs.digest``, the scheme their seeds (``derive_seed``) come from
+    too, so a change of that scheme moves the folder: teachers trained under other seeds
+    are never reused."""
+    return lucid_home() / "distill" / "teachers" / f"{dataset}-{digest(key)}"
 
 
 def train_real(x, y, test, model_fn: Callable[[], nn.Module], cfg, seeds: list[int], device):

@@ -17,7 +17,6 @@ gives the same draws on every device.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,18 +26,13 @@ from torch import nn
 from torch.func import stack_module_state
 
 from lucidml.core.progress import track
+from lucidml.core.runs import derive_seed
 from lucidml.core.train import TrainConfig, fit_classifier
 from lucidml.distill.config import RecipeConfig
 from lucidml.distill.models import stacked_forward
 from lucidml.errors import ConfigError
 
 Split = tuple[torch.Tensor, torch.Tensor]
-
-
-def derive_seed(*parts) -> int:
-    """A stable 31-bit seed from any parts (a run's seed is derive_seed(seed, run))."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 @dataclass

@@ -9,8 +9,6 @@ pairs), so a killed run resumes where it stopped and a rerun reads them back; un
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 
 from lucidml.core.distributed import ItemStore, gather, pending
 from lucidml.core.progress import get_logger, track
+from lucidml.core.runs import digest
 from lucidml.errors import InputError, ModelError
 from lucidml.feasibility.prompts import ContextBuilder, Prompt, PromptSettings
 from lucidml.feasibility.scorer import SCORE_TYPES, YesNoScorer, score_from_logits
@@ -61,7 +60,7 @@ def prompt_key(
     model_identity, settings: PromptSettings, chat: bool, vocab: Vocabulary, dtype
 ) -> str:
     """A digest of everything that decides the answer logits of a vocabulary."""
-    blob = json.dumps(
+    return digest(
         {
             "version": PROMPT_VERSION,
             "model": model_identity,
@@ -71,11 +70,8 @@ def prompt_key(
             "states": vocab.states,
             "objects": vocab.objects,
             "seen": np.argwhere(vocab.seen).tolist(),
-        },
-        sort_keys=True,
-        default=str,
+        }
     )
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def score_vocabulary(

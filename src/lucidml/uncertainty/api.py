@@ -24,7 +24,9 @@ from lucidml.core.runs import (
     atomic_write_bytes,
     atomic_write_text,
     claim,
+    digest,
     environment,
+    folder_digest,
     path_inputs,
     to_json,
     write_json,
@@ -91,7 +93,7 @@ def fit(
     vlm.preprocess(images[:1])  # a wrong size or channel count fails before any write
     identity = {
         "model": checkpoints.model_fingerprint(vlm),
-        "pairs": checkpoints.fingerprint(images, captions),
+        "pairs": digest(images, captions),
         **config.model_dump(include={"class_batch", "data_batch", "encode_batch"}),
     }
     run = Run(
@@ -257,9 +259,9 @@ def active(
     picks = al.select(bvlm, pool_in, target_in, cls, config)
     shared_inputs = {
         "model": checkpoints.model_fingerprint(vlm),
-        "hessian": checkpoints.files_fingerprint(hessian, (FACTORS_FILE, META_FILE)),
-        "pool": checkpoints.fingerprint(pool_x, pool_y),
-        "targets": checkpoints.fingerprint(target_x, target_y),
+        "hessian": folder_digest(hessian, (FACTORS_FILE, META_FILE)),
+        "pool": digest(pool_x, pool_y),
+        "targets": digest(target_x, target_y),
         "classes": class_names,
     }
     results = {

@@ -4,7 +4,7 @@
   metadata holds the identity of the inputs (model weights, pairs, batch settings). A
   resume with other inputs is refused, naming the first field that differs.
 - ``active``: one JSON file per finished (strategy, budget, seed) row of the curve, named
-  by a hash of its inputs (model weights, posterior files, pool, targets, classes, config),
+  by a digest (``core.runs.digest``) of its inputs (model weights, posterior files, pool, targets, classes, config),
   so a resume reuses exactly the rows whose inputs are unchanged and recomputes the rest.
 
 The device is not part of any key: results on two devices differ only by rounding.
@@ -12,15 +12,11 @@ The device is not part of any key: results on two devices differ only by roundin
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from lucidml.core.distributed import ItemStore
-from lucidml.core.runs import atomic_write_bytes
+from lucidml.core.runs import atomic_write_bytes, digest
 from lucidml.errors import InputError
 from lucidml.uncertainty.config import ActiveConfig, PredictConfig
 from lucidml.uncertainty.model import FactorSums
@@ -28,31 +24,10 @@ from lucidml.uncertainty.model import FactorSums
 SUMS_FILE = "factor_sums.safetensors"
 
 
-def fingerprint(*parts: Any) -> str:
-    """A hex digest of tensors, bytes and JSON-able values, in order."""
-    h = hashlib.blake2b(digest_size=16)
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            t = part.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(part, bytes):
-            h.update(part)
-        else:
-            h.update(json.dumps(part, sort_keys=True).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 def model_fingerprint(vlm) -> str:
-    """Identity of a model's weights (names, dtypes and values of its whole state)."""
+    """Identity of a model's weights (names, dtypes, shapes and values of its whole state)."""
     state = vlm.model.state_dict()
-    return fingerprint(list(state), *state.values())
-
-
-def files_fingerprint(folder: str | Path, names: tuple[str, ...]) -> str:
-    """Identity of the contents of some files in a folder."""
-    return fingerprint(*[(Path(folder) / name).read_bytes() for name in names])
+    return digest(list(state), *state.values())
 
 
 # --- fit: the running factor sums -------------------------------------------------------
@@ -115,7 +90,7 @@ class RowStore:
     def key(self, config: ActiveConfig, budget: int, predict: PredictConfig | None) -> str:
         selection = config.model_dump(mode="json", include=set(ActiveConfig.model_fields))
         scoring = (predict or PredictConfig()).model_dump(mode="json")
-        return fingerprint(self.inputs, selection, scoring, budget)
+        return digest(self.inputs, selection, scoring, budget)
 
     def get(self, config: ActiveConfig, budget: int, predict: PredictConfig | None):
         key = self.key(config, budget, predict)

@@ -7,7 +7,6 @@ its input at the subject's last token is the key k, its output the value W k.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,30 +398,29 @@ def key_covariance(
     return {m: (s / count).cpu() for m, s in sums.items()}
 
 
-def _fingerprint(model, modules: list[str], corpus: list[str], max_tokens: int) -> str:
-    h = hashlib.sha256()
-    h.update(
-        repr((type(model).__name__, model.config.to_json_string(), modules, max_tokens)).encode()
-    )
-    h.update("\n".join(corpus).encode())
-    for name, p in sorted(model.named_parameters())[:4]:
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def cached_covariance(
     model, tokenizer, modules: list[str], cfg: LocateConfig
 ) -> dict[str, torch.Tensor]:
     """key_covariance, cached as safetensors by model fingerprint, modules and corpus."""
     from safetensors.torch import load_file, save
 
-    from lucidml.core.runs import atomic_write_bytes
+    from lucidml.core.runs import atomic_write_bytes, digest
     from lucidml.core.zoo import lucid_home
 
     corpus = read_corpus(cfg.corpus)
     folder = Path(cfg.stats_dir) if cfg.stats_dir else lucid_home() / "editing" / "stats"
-    path = folder / f"cov-{_fingerprint(model, modules, corpus, cfg.corpus_tokens)}.safetensors"
+    # the model by its class, config and first parameters (cheap, and enough to tell
+    # checkpoints apart), with what the statistics are computed over
+    first = [x for name, p in sorted(model.named_parameters())[:4] for x in (name, p)]
+    key = digest(
+        type(model).__name__,
+        model.config.to_json_string(),
+        modules,
+        cfg.corpus_tokens,
+        corpus,
+        *first,
+    )
+    path = folder / f"cov-{key}.safetensors"
     if path.is_file():
         return load_file(path)
     cov = key_covariance(model, tokenizer, modules, corpus, cfg.corpus_tokens)
