@@ -6,7 +6,7 @@ every position's logits), ours batches left-padded suffixes over each object's c
 prefix and computes logits at the last position only. Prints pairs per second and the
 ratio, and the largest difference between the two scorers' Yes logits.
 
-    python benchmarks/feasibility_bench.py [--pairs 500] [--threads 2]
+    python benchmarks/feasibility_bench.py [--pairs 500] [--threads 2] [--n-examples 8 --n-negatives 2]
 """
 
 from __future__ import annotations
@@ -41,11 +41,14 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--n-examples", type=int, default=8)
+    ap.add_argument("--n-negatives", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_llm()
     vocab = bench_vocabulary(args.pairs)
-    builder = ContextBuilder(vocab.states, vocab.objects, vocab.seen, PromptSettings())
+    settings = PromptSettings(n_examples=args.n_examples, n_negatives=args.n_negatives)
+    builder = ContextBuilder(vocab.states, vocab.objects, vocab.seen, settings)
     prompts = [
         builder.build(s, o)
         for o in range(len(vocab.objects))
@@ -68,7 +71,10 @@ def main() -> None:
     ours_s = time.perf_counter() - start
 
     n = len(prompts)
-    print(f"pairs: {n}, objects: {len({p.obj for p in prompts})}, threads: {args.threads}")
+    print(
+        f"pairs: {n}, objects: {len({p.obj for p in prompts})}, threads: {args.threads}, "
+        f"{args.n_examples} examples + {args.n_negatives} No per prompt"
+    )
     print(f"naive (one forward per pair): {n / naive_s:.2f} pairs/s ({naive_s:.1f} s)")
     print(f"batched + prefix cache:       {n / ours_s:.2f} pairs/s ({ours_s:.1f} s)")
     print(f"ratio: {naive_s / ours_s:.2f}x (target >= 3x)")
