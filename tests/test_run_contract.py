@@ -19,6 +19,8 @@ EXEMPT = {
     ("uncertainty zeroshot", "--resume"): "one forward pass over the images, nothing to resume",
     ("feasibility baseline", "--resume"): "one encoder pass over the names, nothing to resume",
     ("feasibility czsl", "--resume"): "small heads train in seconds on precomputed features",
+    ("merging merge", "--resume"): "a merge streams once over the tensors and publishes the "
+    "folder only when complete; a killed merge leaves nothing to resume",
     ("chunking rnn", "--resume"): "every regime at its paper defaults runs in under a minute "
     "(longest: several_chunks with 30 graft repeats, 47 s wall / 31 s CPU on a busy 2-core box)",
 }
