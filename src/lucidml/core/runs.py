@@ -69,6 +69,23 @@ def _atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+def publish_folder(tmp: str | Path, final: str | Path) -> Path:
+    """Move a fully built folder ``tmp`` to ``final`` (a sibling, same file system). A
+    folder already at ``final`` moves aside first and is removed after, so ``final``
+    holds the old folder or the new one at every moment, never a mix."""
+    tmp, final = Path(tmp), Path(final)
+    if final.is_dir() and any(final.iterdir()):
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if final.is_dir():
+            final.rmdir()
+        os.replace(tmp, final)
+    return final
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return _atomic_write(path, lambda f: f.write(data))
 

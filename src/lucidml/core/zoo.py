@@ -14,7 +14,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from lucidml.core.runs import publish_folder
 from lucidml.errors import ModelError, NotInstalledError
 
 LLM_DEFAULT = "smollm2-135m-instruct"
@@ -95,13 +95,6 @@ def _lock(name: str):
         lock.release()
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a fully written cache folder into place (an interrupted build leaves nothing)."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
 # --- LLMs ---------------------------------------------------------------------------------
 
 
@@ -127,7 +120,7 @@ def _convert_smollm2(target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    _publish(tmp, target)
+    publish_folder(tmp, target)
 
 
 def load_llm(name: str = LLM_DEFAULT, device: str = "cpu", dtype: torch.dtype | None = None):
@@ -284,7 +277,7 @@ def load_vlm(name: str = VLM_DEFAULT, device: str = "cpu"):
                 vlm.model.save_pretrained(tmp)
                 vlm.tokenizer.save_pretrained(tmp)
                 (tmp / "lucid.json").write_text(json.dumps({"version": DIGITS_CLIP_VERSION}))
-                _publish(tmp, path)
+                publish_folder(tmp, path)
         model = CLIPModel.from_pretrained(path)
         return digits_clip.wrap(model, AutoTokenizer.from_pretrained(path)).to(device)
 
@@ -339,7 +332,7 @@ def load_diffusion(name: str = DIFFUSION_DEFAULT, device: str = "cpu"):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".train-"))
                 pipe.save(tmp)
-                _publish(tmp, path)
+                publish_folder(tmp, path)
         unet = UNet2DConditionModel.from_pretrained(path).to(device)
         return digits_diffusion.DigitsDiffusion(unet, vlm.to(device))
 

@@ -131,6 +131,8 @@ def run_recipes(
             weight_decay=cfg.weight_decay,
             seed=cfg.seed,
             loss=cfg.loss,
+            finetune=cfg.finetune,
+            lora_rank=cfg.lora_rank,
         )
     )
     evaluate = tasks.make_evaluator(vlm, stream.adaptation, stream.heldout)

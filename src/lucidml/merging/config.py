@@ -394,5 +394,7 @@ class TimelineConfig(Config):
     batch_size: int = Field(64, ge=1)
     weight_decay: float = Field(0.2, ge=0)  # TIME's
     loss: Literal["ce", "contrastive"] = "ce"  # TIME trains contrastively; see docs
+    finetune: Literal["full", "lora"] = "full"
+    lora_rank: int = Field(8, ge=1)
     device: str = "auto"
     seed: int = 0

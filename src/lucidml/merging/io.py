@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from lucidml.core.progress import get_logger, track
-from lucidml.core.runs import read_json, write_json
+from lucidml.core.runs import publish_folder, read_json, write_json
 from lucidml.errors import InputError, ShapeError
 from lucidml.merging.techniques import get_method
 
@@ -422,7 +422,7 @@ def building(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; models are for sharing
-        _publish(tmp, out)
+        publish_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -436,18 +436,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
             f"output folder {out} already exists and is not empty: choose another or pass "
             "overwrite=True (--overwrite) to replace it"
         )
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the built folder to ``out``; a replaced folder moves aside first, so ``out``
-    holds either the old model or the new one at every moment."""
-    if out.is_dir() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _write_tensors(

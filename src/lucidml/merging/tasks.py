@@ -195,9 +195,16 @@ def make_trainer(
     seed: int = 0,
     templates: Sequence[str] | None = None,
     loss: str = "ce",
+    finetune: str = "full",
+    lora_rank: int = 8,
 ) -> Callable[[State, ImageDataset], State]:
-    """``train_fn(init_state, task) -> expert_state``: full fine-tuning for ``steps`` AdamW
-    steps (warm-up + cosine, gradient clipping at 1), seeded by ``seed`` and the task name.
+    """``train_fn(init_state, task) -> expert_state``: ``steps`` AdamW steps (warm-up +
+    cosine, gradient clipping at 1), seeded by ``seed`` and the task name.
+
+    ``finetune="full"`` trains every weight; ``"lora"`` trains rank-``lora_rank`` peft
+    adapters on the attention q/v projections of both towers and returns the state with
+    them merged in (the expert is then a full state dict like any other, and its task
+    vector has rank <= lora_rank per projection).
 
     ``loss="ce"`` trains zero-shot classification directly: cross-entropy of the scaled
     cosine between each image and every class prompt. ``loss="contrastive"`` is CLIP's
@@ -207,6 +214,8 @@ def make_trainer(
     """
     if loss not in ("ce", "contrastive"):
         raise InputError(f"unknown loss '{loss}': use ce or contrastive")
+    if finetune not in ("full", "lora") or lora_rank < 1:
+        raise InputError(f"finetune must be full or lora (rank >= 1), got {finetune}, {lora_rank}")
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise InputError(
             f"steps, batch_size and lr must be positive, got {steps}, {batch_size}, {lr}"
@@ -218,7 +227,11 @@ def make_trainer(
         prompts = [t.format(c) for c in task.class_names for t in (templates or vlm.templates)]
         n_templates = len(prompts) // len(task.class_names)
         gen = torch.Generator().manual_seed(task_seed(seed, task.name))
-        opt = torch.optim.AdamW(vlm.model.parameters(), lr=lr, weight_decay=weight_decay)
+        adapters = (
+            _add_lora(vlm, lora_rank, task_seed(seed, task.name)) if finetune == "lora" else None
+        )
+        trained = [p for p in vlm.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps))
         vlm.model.train()
         for _ in range(steps):
@@ -235,15 +248,31 @@ def make_trainer(
                 )
             opt.zero_grad(set_to_none=True)
             objective.backward()
-            torch.nn.utils.clip_grad_norm_(vlm.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             opt.step()
             sched.step()
             with torch.no_grad():  # CLIP caps the temperature at 100
                 vlm.model.logit_scale.clamp_(max=math.log(100))
         vlm.model.eval()
+        if adapters is not None:
+            adapters.merge_and_unload()  # in place: vlm.model holds plain layers again
+            vlm.model.requires_grad_(True)
         return model_state(vlm)
 
     return train_fn
+
+
+LORA_TARGETS = ("q_proj", "v_proj")  # the LoRA paper's choice, in both CLIP towers
+
+
+def _add_lora(vlm: VisionLanguageModel, rank: int, seed: int):
+    """Inject fresh rank-``rank`` adapters (alpha = rank) into ``vlm.model`` in place; only
+    they train. Returns the peft wrapper, whose ``merge_and_unload`` folds them in."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)  # the adapters' random init, per task
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS))
+    return get_peft_model(vlm.model, config)
 
 
 def _contrastive_loss(vlm: VisionLanguageModel, images: torch.Tensor, captions: list[str]):
