@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,20 +302,20 @@ def _read_pairs(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarra
 # --------------------------------------------------------------------------- heads
 
 
-class Head(nn.Module):
+class Head(nn.Module, ABC):
     """An open-world classifier over precomputed features, one score per pair."""
 
     def __init__(self, n_states: int, n_objects: int):
         super().__init__()
         self.n_states, self.n_objects = n_states, n_objects
 
+    @abstractmethod
     def pair_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, n_pairs) scores of a batch of features."""
-        raise NotImplementedError
 
+    @abstractmethod
     def training_loss(self, x: torch.Tensor, pairs: torch.Tensor, step: int) -> torch.Tensor:
         """Scalar loss of a batch of features and their pair labels at optimiser ``step``."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def pair_scores(self, x, chunk: int = 4096) -> np.ndarray:

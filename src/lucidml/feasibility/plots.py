@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt  # the Agg backend is set by lucidml.core.report
 import numpy as np
 from sklearn.metrics import roc_curve
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str):
     """``curves``: name -> (scores, labels, auc) over the same evaluated pairs."""
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     for name, (scores, labels, auc) in curves.items():
         fpr, tpr, _ = roc_curve(labels, scores)
@@ -33,7 +24,6 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: s
 
 def histogram_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]]):
     """One panel per score: its distribution on feasible vs infeasible pairs."""
-    plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
     for ax, (name, (scores, labels)) in zip(axes[0], panels.items(), strict=True):
         scores = np.asarray(scores, dtype=np.float64)
@@ -51,7 +41,6 @@ def histogram_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]]):
 
 def open_world_figure(rows: list[dict]):
     """Test AUC of each head under each mask, with the best harmonic mean beside it."""
-    plt = _plt()
     heads = list(dict.fromkeys(r["kind"] for r in rows))
     masks = list(dict.fromkeys(r["mask"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))

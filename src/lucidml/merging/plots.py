@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt  # the Agg backend is set by lucidml.core.report
 import numpy as np
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def curves_figure(results: dict[str, dict]):
     """KA_t, ZS_t and GM_t of every recipe, t = 0 being the base model."""
-    plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
     for name, r in results.items():
         t = [row["t"] for row in r["rows"]]
@@ -35,7 +26,6 @@ def curves_figure(results: dict[str, dict]):
 
 def plane_figure(results: dict[str, dict]):
     """Final KA against final ZS, one point per recipe, with the base model marked."""
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for name, r in results.items():
         ax.scatter(r["final_zs"], r["final_ka"], s=22)
@@ -57,7 +47,6 @@ def plane_figure(results: dict[str, dict]):
 
 def heatmap_figure(results: dict[str, dict]):
     """Final GM over init (rows) x deploy (columns) for the linear recipes."""
-    plt = _plt()
     specs = [r["spec"] for r in results.values()]
     inits = list(dict.fromkeys(s["init"] for s in specs))
     deploys = list(dict.fromkeys(s["deploy"] for s in specs))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -543,7 +544,7 @@ def _global_rule(magnitudes: Sequence[Tensor], k: int, total: int) -> tuple[floa
 # ---------------------------------------------------------------- the protocol
 
 
-class MergeMethod:
+class MergeMethod(ABC):
     """One merge operator, split into the steps a streamed merge needs (module docstring).
 
     Subclasses name their parameters in ``accepted``, validate them in ``_check`` and
@@ -598,11 +599,13 @@ class MergeMethod:
         merged = self._merge(key, base_t, list(expert_ts), weights, params, stats, cast)
         return merged.to(reference.dtype)
 
+    @abstractmethod
     def _check(self, n_experts: int, weights, params: dict) -> dict:
-        raise NotImplementedError
+        """The method's validated parameters (InputError on bad ones)."""
 
+    @abstractmethod
     def _merge(self, key, base_t, expert_ts, weights, params, stats, cast: Cast) -> Tensor:
-        raise NotImplementedError
+        """One floating tensor merged, in the compute dtype ``cast`` gives."""
 
 
 class Linear(MergeMethod):
@@ -690,9 +693,9 @@ class TaskVectorMethod(MergeMethod):
         merged = self._combine(key, task_vectors, scalings, params, stats)
         return base + self._scale(key, params, stats) * merged
 
+    @abstractmethod
     def _combine(self, key, task_vectors, scalings, params, stats) -> Tensor:
         """τ̂ from the task vectors and the per-expert scalings."""
-        raise NotImplementedError
 
     @staticmethod
     def _scale(key: str, params, stats) -> float:
