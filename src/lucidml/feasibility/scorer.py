@@ -178,21 +178,17 @@ class YesNoScorer:
             key = prefixes[i] if (prefixes is not None and self.prefix_cache) else ""
             groups.setdefault(key, []).append(i)
         for prefix_text, members in groups.items():
-            prefix = None
-            suffixes = {i: full[i] for i in members}
+            shared: list[int] = []
             if prefix_text:
                 prefix_ids = self.encode(prefix_text)
                 cut = len(prefix_ids)
                 shared = [i for i in members if len(full[i]) > cut and full[i][:cut] == prefix_ids]
-                uncached = [i for i in members if i not in set(shared)]
-                if shared:
-                    prefix = self._encode_prefix(prefix_ids)
-                    suffixes = {i: full[i][cut:] for i in shared}
-                self._run(
-                    uncached, {i: full[i] for i in uncached}, None, z_yes, z_no, lse, on_batch
-                )
-                members = shared
-            self._run(members, suffixes, prefix, z_yes, z_no, lse, on_batch)
+            if shared:
+                prefix = self._encode_prefix(prefix_ids)
+                suffixes = {i: full[i][cut:] for i in shared}
+                self._run(shared, suffixes, prefix, z_yes, z_no, lse, on_batch)
+            alone = sorted(set(members) - set(shared))  # no usable prefix: whole prompts
+            self._run(alone, {i: full[i] for i in alone}, None, z_yes, z_no, lse, on_batch)
         return AnswerLogits(z_yes, z_no, lse)
 
     def _run(self, members, seqs, prefix, z_yes, z_no, lse, on_batch) -> None:

@@ -207,7 +207,7 @@ def run_timeline_job(
     cfg = config or TimelineConfig()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    tasks.digits_stream(adaptation=cfg.adaptation, heldout=cfg.heldout, data=_no_data())
+    tasks.check_stream(cfg.adaptation, cfg.heldout)  # before any model loads
     run = Run(SYSTEM, out, cfg, resume=resume, overwrite=overwrite)
     (run / "metrics.jsonl").unlink(missing_ok=True)  # rows are re-emitted on resume
     results = run_recipes(cfg, run, device, cfg.recipes)
@@ -223,16 +223,6 @@ def run_timeline_job(
     _report(report, results, heatmap=_is_grid(cfg.recipes))
     report.save(run.path)
     return results, run.path
-
-
-def _no_data():
-    """A one-image stand-in, so the stream's names are checked before any model loads."""
-    import torch
-
-    from lucidml.core.zoo import ImageDataset
-
-    x, y = torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long)
-    return ImageDataset(x, y, x, y, [str(i) for i in range(10)], "check")
 
 
 def _is_grid(recipes: Sequence[RecipeSpec]) -> bool:

@@ -137,6 +137,21 @@ def transformed(data: ImageDataset, name: str, seed: int = 0) -> ImageDataset:
     return ImageDataset(train_x, data.train_y, test_x, data.test_y, data.class_names, name)
 
 
+def check_stream(adaptation: Sequence[str], heldout: Sequence[str]) -> None:
+    """One sentence for a stream that cannot be built: no adaptation task, an unknown
+    transformation, or one both trained on and held out."""
+    if not adaptation:
+        raise InputError("the stream needs at least one adaptation task")
+    unknown = [n for n in (*adaptation, *heldout) if n not in TRANSFORMS]
+    if unknown:
+        raise InputError(
+            f"unknown transformation '{unknown[0]}'; choose from {', '.join(TRANSFORMS)}"
+        )
+    overlap = set(adaptation) & set(heldout)
+    if overlap:
+        raise InputError(f"transformation(s) {sorted(overlap)} are both trained on and held out")
+
+
 def digits_stream(
     data: ImageDataset | None = None,
     adaptation: Sequence[str] = ADAPTATION,
@@ -145,11 +160,7 @@ def digits_stream(
 ) -> TaskStream:
     """The embedded TIME stream: digits (``load_digits()`` unless given) under each
     adaptation transformation, in order, plus the held-out transformations."""
-    overlap = set(adaptation) & set(heldout)
-    if overlap:
-        raise InputError(f"transformation(s) {sorted(overlap)} are both trained on and held out")
-    if not adaptation:
-        raise InputError("the stream needs at least one adaptation task")
+    check_stream(adaptation, heldout)
     data = data if data is not None else load_digits()
     return TaskStream(
         tuple(transformed(data, n, seed) for n in adaptation),
