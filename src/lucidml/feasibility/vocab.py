@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from lucidml.core.runs import read_json
 from lucidml.errors import InputError
 
 DEMO_VOCAB = "demo_vocab.json"
@@ -99,30 +99,24 @@ def _read_text(path: str | Path) -> tuple[Path, str]:
         raise InputError(f"file {path} is not UTF-8 text") from None
 
 
-def _json(path: Path, text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"file {path} is not valid JSON (line {exc.lineno})") from None
-
-
 def read_names(path: str | Path) -> list[str]:
-    path, text = _read_text(path)
-    if path.suffix == ".json":
-        data = _json(path, text)
+    if Path(path).suffix == ".json":
+        data = read_json(path)
         if not isinstance(data, list):
             raise InputError(f"file {path} must hold a JSON list of names")
         return [str(x) for x in data]
+    path, text = _read_text(path)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
-    path, text = _read_text(path)
+    path = Path(path)
     if path.suffix == ".json":
-        data = _json(path, text)
+        data = read_json(path)
         if not isinstance(data, list) or not all(isinstance(p, list | tuple) for p in data):
             raise InputError(f"file {path} must hold a JSON list of [state, object] pairs")
         return [tuple(p) for p in data]
+    path, text = _read_text(path)
     if path.suffix == ".csv":
         rows = list(csv.DictReader(io.StringIO(text)))
         if rows and not {"state", "object"} <= set(rows[0]):
@@ -143,8 +137,8 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
 
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
-    path, text = _read_text(path)
-    data = _json(path, text)
+    path = Path(path)
+    data = read_json(path)
     if not isinstance(data, dict) or not {"states", "objects", "seen"} <= set(data):
         raise InputError(f"file {path} must hold a JSON object with states, objects and seen")
     vocab = Vocabulary.build(
