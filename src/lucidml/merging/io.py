@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from lucidml.core.progress import get_logger, track
 from lucidml.core.runs import publish_folder, read_json, write_json
 from lucidml.errors import InputError, ShapeError
-from lucidml.merging.techniques import get_method
+from lucidml.merging.techniques import get_method, same_dtype_kind
 
 log = get_logger("merging")
 
@@ -266,16 +266,11 @@ def check_compatible(readers: dict[str, CheckpointReader]) -> None:
                     f"tensor '{key}' has shape {list(ref.shape(key))} in {ref_name} "
                     f"but {list(reader.shape(key))} in {name}"
                 )
-            if not _same_kind(reader.dtype(key), ref.dtype(key)):
+            if not same_dtype_kind(reader.dtype(key), ref.dtype(key)):
                 raise InputError(
                     f"tensor '{key}' is {ref.dtype(key)} in {ref_name} but "
                     f"{reader.dtype(key)} in {name} (only floating tensors are merged)"
                 )
-
-
-def _same_kind(a: torch.dtype, b: torch.dtype) -> bool:
-    """Floating tensors of any widths merge; others are copied, so their dtypes must match."""
-    return (a.is_floating_point and b.is_floating_point) or a == b
 
 
 # --- writing -----------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def check_compatible(base: StateDict | None, experts: Sequence[StateDict]) -> No
                     f"key {key!r} has shape {tuple(tensor.shape)} in {name} "
                     f"but {tuple(ref_tensor.shape)} in {ref_name}"
                 )
-            if not _same_dtype_kind(tensor.dtype, ref_tensor.dtype):
+            if not same_dtype_kind(tensor.dtype, ref_tensor.dtype):
                 raise InputError(
                     f"key {key!r} is {tensor.dtype} in {name} but {ref_tensor.dtype} in {ref_name}"
                 )
@@ -99,8 +99,9 @@ def _require_tensor(value: Any, key: str, owner: str) -> None:
         raise InputError(f"key {key!r} of {owner} is a {type(value).__name__}, not a torch tensor")
 
 
-def _same_dtype_kind(a: torch.dtype, b: torch.dtype) -> bool:
-    """Both floating (any width), or exactly the same dtype."""
+def same_dtype_kind(a: torch.dtype, b: torch.dtype) -> bool:
+    """Both floating (any width: they merge in float32), or exactly the same dtype (other
+    tensors are copied, not merged)."""
     return (a.is_floating_point and b.is_floating_point) or a == b
 
 
