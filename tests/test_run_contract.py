@@ -21,6 +21,10 @@ EXEMPT = {
     ("feasibility czsl", "--resume"): "small heads train in seconds on precomputed features",
     ("merging merge", "--resume"): "a merge streams once over the tensors and publishes the "
     "folder only when complete; a killed merge leaves nothing to resume",
+    ("sae extract", "--resume"): "one forward pass per image batch; the store is published "
+    "only when complete, so a killed extraction leaves nothing to resume",
+    ("sae score", "--resume"): "two streaming passes over a store, no training",
+    ("sae steer", "--resume"): "forward passes of a few latents x alphas, nothing to resume",
     ("chunking rnn", "--resume"): "every regime at its paper defaults runs in under a minute "
     "(longest: several_chunks with 30 graft repeats, 47 s wall / 31 s CPU on a busy 2-core box)",
 }
