@@ -65,7 +65,7 @@ def test_hooked_layer_output_moves_toward_the_decoder_direction(setup):
             vlm.encode_images(images)
         h = acts[name].reshape(-1, 64)
         cosines.append(F.cosine_similarity(h, sae.W_dec[1][None], dim=-1).mean().item())
-    assert all(b > a for a, b in zip(cosines, cosines[1:])), cosines
+    assert all(b > a for a, b in zip(cosines, cosines[1:], strict=False)), cosines
     assert cosines[-1] > 0.9
 
 

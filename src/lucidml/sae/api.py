@@ -21,14 +21,14 @@ from lucidml.core.zoo import load_vlm
 from lucidml.errors import InputError
 from lucidml.sae import plots
 from lucidml.sae.config import ExtractConfig, ScoreConfig, SteerConfig, TrainJobConfig
-from lucidml.sae.extraction import extract
+from lucidml.sae.extraction import check_request, extract
 from lucidml.sae.images import DIGIT_SETS, ImageSet, load_images, read_taxonomy
-from lucidml.sae.metrics import group_means, hierarchy_depth, reconstruction, uniqueness
+from lucidml.sae.metrics import hierarchy_depth, reconstruction, uniqueness
 from lucidml.sae.model import SAE
 from lucidml.sae.scoring import LatentScores, random_set_depth, score_latents, summary
 from lucidml.sae.steer import concept_embeddings, steered_predictions, steering_scores
 from lucidml.sae.store import ActivationStore
-from lucidml.sae.training import train
+from lucidml.sae.training import as_sae_config, train
 
 SYSTEM = "sae"
 log = get_logger(SYSTEM)
@@ -96,6 +96,7 @@ def extract_job(
     checks = {"overwrite": overwrite, "resumable": False}
     claim(SYSTEM, out, cfg, dry_run=True, **checks)
     vlm = load_vlm(cfg.model, device)
+    check_request(vlm, cfg.layer, cfg.tokens, cfg.k)
     images = load_images(cfg.images, vlm.channels, vlm.image_size)
     folder = claim(SYSTEM, out, cfg, **checks)
     start = time.perf_counter()
@@ -146,13 +147,11 @@ def train_job(
     ``resume`` continues a killed run; the SAE in ``<run>/sae`` (SAELens layout)."""
     cfg = config or TrainJobConfig()
     store = open_store(_required(cfg.store, "--store"))
-    if cfg.d_in is not None and cfg.d_in != store.d:
-        raise InputError(f"d_in = {cfg.d_in} but the store's rows have width {store.d}")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    sae_cfg = as_sae_config(cfg.updated(device=device), store.d)  # refuse before writing
     checks = {"resume": resume, "overwrite": overwrite, "inputs": {"store": store.folder}}
     folder = claim(SYSTEM, out, cfg, **checks)
-    sae_cfg = _sae_config(cfg, store.d, device)
     start = time.perf_counter()
     sae = train(store, sae_cfg, checkpoint_dir=folder / "checkpoints", resume=resume)
     seconds = time.perf_counter() - start
@@ -177,13 +176,6 @@ def train_job(
     report.figure(plots.training_figure(sae.history), "training", "Loss, MSE and L0 over steps.")
     report.save(folder)
     return sae, folder
-
-
-def _sae_config(cfg: TrainJobConfig, d_in: int, device: str):
-    from lucidml.sae.config import SAEConfig
-
-    fields = cfg.model_dump(exclude={"store", "d_in", "device"})
-    return SAEConfig(**fields, d_in=d_in, device=device)
 
 
 def _validation_text(v: dict, k: int) -> str:
@@ -267,9 +259,7 @@ def ms_rows(sets: dict[str, LatentScores], encoder: str, hai_k: int, seed: int) 
 
 def _readable(rows: list[dict]) -> list[dict]:
     """Report rows with intervals as short text (results.json keeps the numbers)."""
-    return [
-        {k: _ci_text(v) if k.endswith("CI") else v for k, v in row.items()} for row in rows
-    ]
+    return [{k: _ci_text(v) if k.endswith("CI") else v for k, v in row.items()} for row in rows]
 
 
 def hierarchy_rows(
@@ -599,6 +589,7 @@ def demo(
     test_store = stores["digits-test"]
     test_images = _store_images(test_store, None, vlm)
     score_cfg = ScoreConfig(hai_k=16)
+    results = {"sae": {"n_latents": sae.n_latents, "groups": sae.group_sizes, "k": cfg.k}}
     embeddings = {e: image_embeddings(test_images, e, device) for e in ("pixels", "digits-clip")}
     section, report = score_report(
         sae, test_store, test_images, embeddings, test_images.paths, score_cfg, report

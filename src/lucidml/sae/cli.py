@@ -242,12 +242,12 @@ def score(
         device=device,
     )
     results, folder = api.score_job(cfg, out, overwrite=overwrite)
-    ms = results["monosemanticity"]
-    typer.echo(
-        "MS "
-        + ", ".join(f"{r['latents']} {r['MS mean']:.3f}" for r in ms if r["MS mean"])
-        + f" -> {folder}"
-    )
+    for encoder, rows in results["monosemanticity"].items():
+        live = ", ".join(
+            f"{r['latents']} {r['MS live']:.3f}" for r in rows if r["MS live"] is not None
+        )
+        typer.echo(f"MS of live latents ({encoder}): {live}")
+    typer.echo(f"-> {folder}")
 
 
 @app.command()

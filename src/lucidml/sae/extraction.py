@@ -160,6 +160,13 @@ def _check_tokens(vlm, where: str, tokens: str, k: int) -> None:
         raise InputError(f"k must lie in 1..{patches} (the patch tokens per image), got {k}")
 
 
+def check_request(vlm, layer, tokens: str, k: int) -> tuple[str, int | None]:
+    """``resolve_layer`` plus the token checks: what a job validates before it writes."""
+    where, block = resolve_layer(vlm, layer)
+    _check_tokens(vlm, where, tokens, k)
+    return where, block
+
+
 class _StopForward(Exception):
     """Raised after the hooked block so the blocks above it are never computed."""
 
@@ -277,8 +284,7 @@ def extract(
     images into ``out/rank-<r>`` and the main process merges them into ``out`` and
     returns the store; the other processes return None. Without ``out`` every process
     extracts every image."""
-    where, block = resolve_layer(vlm, layer)
-    _check_tokens(vlm, where, tokens, k)
+    where, block = check_request(vlm, layer, tokens, k)
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     n, load, default_ids = _image_source(vlm, images)

@@ -507,7 +507,7 @@ def _initialise(sae: SAE, data, batches: _Batches, device: str) -> float:
     return scale
 
 
-def _sae_config(cfg: SAEConfig, d: int) -> SAEConfig:
+def as_sae_config(cfg: SAEConfig, d: int) -> SAEConfig:
     """``cfg`` as a plain SAEConfig (a job config's extra fields dropped) with d_in = d."""
     fields = cfg.model_dump(include=set(SAEConfig.model_fields))
     if fields["d_in"] is None:
@@ -539,7 +539,7 @@ def train(
         raise InputError("training data must be an (N, d) tensor or have len(), .d and .rows()")
     if resume and checkpoint_dir is None:
         raise InputError("resume needs checkpoint_dir, the folder of the run's checkpoints")
-    cfg = _sae_config(cfg, data.d)
+    cfg = as_sae_config(cfg, data.d)
     train_rows, held_out = split_rows(len(data), cfg.val_fraction, cfg.seed)
     if len(train_rows) == 0:
         raise InputError(
