@@ -263,24 +263,32 @@ def _readable(rows: list[dict]) -> list[dict]:
 
 
 def hierarchy_rows(
-    sae: SAE, scores: LatentScores, paths: list[str], hai_k: int, seed: int = 0
+    sae: SAE, sets: dict[str, LatentScores], paths: list[str], hai_k: int, seed: int = 0
 ) -> list[dict]:
-    """Mean taxonomy depth of each Matryoshka group's live latents, with random sets."""
-    live = scores.live(hai_k)
-    depth = hierarchy_depth(scores.top_images, paths, valid=live)
+    """Mean taxonomy depth of each Matryoshka group's live latents, with yardsticks:
+    neurons, the random dictionary and image sets drawn at random."""
+
+    def depth(scores: LatentScores) -> np.ndarray:
+        return hierarchy_depth(scores.top_images, paths, valid=scores.live(hai_k))
+
+    def row(name, latents, values) -> dict:
+        r = summary(values, seed)
+        return {
+            "group": name,
+            "latents": latents,
+            "depth mean": r["mean"],
+            "95% CI": r["ci"],
+            "live latents": r["n"],
+        }
+
+    sae_depth = depth(sets["sae"])
     rows, first = [], 0
     for g, size in enumerate(sae.group_sizes):
-        row = summary(depth[first : first + size], seed)
-        rows.append(
-            {
-                "group": g,
-                "latents": f"{first}-{first + size - 1}",
-                "depth mean": row["mean"],
-                "95% CI": row["ci"],
-                "live latents": row["n"],
-            }
-        )
+        rows.append(row(g, f"{first}-{first + size - 1}", sae_depth[first : first + size]))
         first += size
+    for name in ("neurons", "random dictionary"):
+        scores = sets[name]
+        rows.append(row(name, f"all {len(scores.firing)}", depth(scores)))
     baseline = random_set_depth(paths, hai_k, seed=seed)
     rows.append(
         {
@@ -378,7 +386,7 @@ def score_report(
         + "."
     )
     if paths is not None:
-        rows = hierarchy_rows(sae, sets["sae"], paths, cfg.hai_k, cfg.seed)
+        rows = hierarchy_rows(sae, sets, paths, cfg.hai_k, cfg.seed)
         results["hierarchy"] = rows
         report.heading("Hierarchy depth of top images per group")
         report.text(
@@ -605,12 +613,65 @@ def demo(
     results["steering"], report = steer_report(
         vlm, sae, train_store, train_images, targets, steer_cfg, report
     )
+    report.heading("What the demo shows")
+    report.text(findings(results))
     results["environment"] = environment(device, 0)
     write_json(out_dir / "results.json", results)
     return report.save(out_dir)
 
 
 DEMO_LAYER = 1
+
+
+def _above(a: dict, b: dict, key: str) -> str:
+    """'above' when a's 95% interval lies wholly above b's, 'not clearly above' otherwise."""
+    return "above" if a[f"{key} 95% CI"][0] > b[f"{key} 95% CI"][1] else "not clearly above"
+
+
+def findings(results: dict) -> str:
+    """The paper's three claims, stated as what happened on this run (not asserted)."""
+    parts = []
+    for encoder, rows in results["scores"]["monosemanticity"].items():
+        r = {row["latents"]: row for row in rows}
+        sae, neurons, rand = r["sae"], r["neurons"], r["random dictionary"]
+        parts.append(
+            f"MS ({encoder}): live SAE latents {sae['MS live']:.3f} (n = {sae['n live']}) are "
+            f"{_above(sae, neurons, 'MS live')} neurons ({neurons['MS live']:.3f}) and "
+            f"{_above(sae, rand, 'MS live')} an untrained sparse dictionary "
+            f"({rand['MS live']:.3f})"
+            + (
+                ", which is itself above neurons: part of the gain is sparsity alone."
+                if _above(rand, neurons, "MS live") == "above"
+                else "."
+            )
+        )
+    hierarchy = results["scores"].get("hierarchy")
+    if hierarchy:
+        groups = [h for h in hierarchy if isinstance(h["group"], int)]
+        depths = [g["depth mean"] for g in groups if g["depth mean"] is not None]
+        trend = (
+            "rises"
+            if all(b >= a for a, b in zip(depths, depths[1:], strict=False))
+            else ("does not rise monotonically")
+        )
+        parts.append(
+            "Matryoshka groups, coarse to fine: mean depth "
+            + " -> ".join(f"{d:.2f}" for d in depths)
+            + f" {trend} with the group index (random image sets: {hierarchy[-1]['depth mean']:.2f})."
+        )
+    steering = results.get("steering", {}).get("rows", [])
+    moved = {}
+    for row in steering:
+        if row["arm"].startswith("alpha") and "moved to it" in row:
+            moved[row["latent"]] = max(moved.get(row["latent"], 0.0), row["moved to it"])
+    if moved:
+        strong = [j for j, m in moved.items() if m >= 0.5]
+        parts.append(
+            f"Steering: {len(strong)} of {len(moved)} latents move at least half of the "
+            "other-class test images to the latent's digit at some alpha (best share per "
+            "latent: " + ", ".join(f"{j}: {m:.2f}" for j, m in moved.items()) + ")."
+        )
+    return " ".join(parts)
 
 
 def _demo_sae_config(d_in: int, quick: bool, device: str):
