@@ -206,8 +206,7 @@ def random_dictionary(sae: SAE, seed: int = 0) -> SAE:
     """An untrained TopK SAE of the same size and k: the sparsity-alone yardstick."""
     from lucidml.sae.config import SAEConfig
 
-    torch.manual_seed(seed)
-    cfg = SAEConfig(kind="topk", d_in=sae.d_in, expansion=sae.cfg.expansion, k=sae.cfg.k)
+    cfg = SAEConfig(kind="topk", d_in=sae.d_in, d_sae=sae.n_latents, k=sae.cfg.k, seed=seed + 1)
     return SAE(cfg)
 
 
