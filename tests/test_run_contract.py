@@ -21,6 +21,11 @@ EXEMPT = {
     ("feasibility czsl", "--resume"): "small heads train in seconds on precomputed features",
     ("merging merge", "--resume"): "a merge streams once over the tensors and publishes the "
     "folder only when complete; a killed merge leaves nothing to resume",
+    ("bias prompts", "--resume"): "reads one prompt file, nothing to resume",
+    ("bias prompts", "--config"): "its one input is the prompt file itself",
+    ("bias prompts", "--device"): "checks text, runs no model",
+    ("bias prompts", "--seed"): "checks text: nothing is drawn at random",
+    ("bias analyze", "--resume"): "statistics over stored records in seconds",
     ("sae extract", "--resume"): "one forward pass per image batch; the store is published "
     "only when complete, so a killed extraction leaves nothing to resume",
     ("sae score", "--resume"): "two streaming passes over a store, no training",

@@ -51,6 +51,15 @@ def test_wilson_interval_known_values():
     assert metrics.wilson_interval(0, 10)[0] == 0.0
 
 
+def test_wilson_intervals_match_the_scalar_form_and_mark_empty_counts():
+    k, n = np.array([5, 0, 80, 8, 0]), np.array([10, 10, 100, 10, 0])
+    low, high = metrics.wilson_intervals(k, n)
+    for i in range(4):
+        expected = metrics.wilson_interval(int(k[i]), int(n[i]))
+        assert (low[i], high[i]) == pytest.approx(expected, abs=1e-3)  # z 1.96 vs 1.95996
+    assert low[1] == 0.0 and np.isnan(low[4]) and np.isnan(high[4])
+
+
 def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
     v = np.random.default_rng(0).normal(1.0, 1.0, size=400)
     lo, hi = metrics.bootstrap_ci(v)
