@@ -6,7 +6,6 @@ results go straight into ``results.json``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -93,18 +92,14 @@ def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion k/n."""
     if n <= 0:
         raise ValueError("wilson_interval needs n > 0")
-    z = stats.norm.ppf(1 - alpha / 2)
-    phat = k / n
-    denom = 1 + z**2 / n
-    centre = (phat + z**2 / (2 * n)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / n + z**2 / (4 * n**2)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low, high = wilson_intervals([k], [n], z=float(stats.norm.ppf(1 - alpha / 2)))
+    return float(low[0]), float(high[0])
 
 
 def wilson_intervals(k, n, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score intervals for arrays of counts k out of n, NaN where n = 0.
 
-    The array form of ``wilson_interval`` (taking z, not alpha), so thousands of
+    The array form behind ``wilson_interval`` (taking z, not alpha), so thousands of
     per-prompt intervals cost one NumPy expression instead of a Python loop."""
     k, n = _np(k).astype(np.float64), _np(n).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
