@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/lucid tour $(DEMO_ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
