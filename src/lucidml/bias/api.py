@@ -8,7 +8,6 @@ the report. Each later job takes the earlier job's run folder.
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from lucidml.bias.generate import (
     generate,
     read_image,
     read_manifest,
+    read_table,
+    write_parquet,
 )
 from lucidml.bias.prompts import check_neutral, default_prompts, lint, load_prompts
 from lucidml.bias.simulate import SimulatedT2I
@@ -131,12 +132,6 @@ def prompts_job(path: str | None, out: str | Path | None = None, overwrite: bool
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, frame.to_csv(index=False).encode())
-
-
-def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def generate_job(
@@ -256,10 +251,10 @@ def detect_job(
                 min_side_fraction=cfg.min_side_fraction,
                 batch_size=cfg.batch_size,
             )
-            _write_parquet(part, pd.DataFrame(records))
+            write_parquet(part, pd.DataFrame(records))
         parts.append(pd.read_parquet(part))
     records = pd.concat(parts, ignore_index=True)
-    _write_parquet(folder / "records.parquet", records)
+    write_parquet(folder / "records.parquet", records)
     results = {
         "n_images": len(records),
         "detector": cfg.detector,
@@ -281,19 +276,10 @@ def detect_job(
 
 
 def read_records(path: str | Path) -> pd.DataFrame:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "records.parquet"
-    if not p.is_file():
-        raise InputError(f"no detection records at {p}")
-    try:
-        records = pd.read_parquet(p)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise InputError(f"{p} is not a readable Parquet file ({type(exc).__name__})") from None
-    missing = [c for c in ("model", "prompt_id", "labels") if c not in records.columns]
-    if missing:
-        raise InputError(f"{p} lacks the column(s) {', '.join(missing)}")
-    return records
+    """Detection records: a detect run folder or its records.parquet."""
+    return read_table(
+        path, "records.parquet", ("model", "prompt_id", "labels"), "detection records"
+    )
 
 
 def _base_texts(records: pd.DataFrame) -> pd.DataFrame:
@@ -369,7 +355,7 @@ def analyze_job(
     results, report = audit_report(tables, cfg, reference)
     results["environment"] = environment(None, cfg.seed)
     for name in ("prompt_stats", "concept_stats", "concepts", "funnel"):
-        _write_parquet(folder / f"{name}.parquet", tables[name])
+        write_parquet(folder / f"{name}.parquet", tables[name])
     write_json(folder / "results.json", results)
     report.save(folder)
     return results, folder
@@ -524,7 +510,7 @@ def demo(
             batch_size=256,
         )
     )
-    _write_parquet(out_dir / "records.parquet", records)
+    write_parquet(out_dir / "records.parquet", records)
     cfg = AnalyzeConfig(n_min=30 if quick else 60, n_boot=1000, embedder="minilm-l6", seed=0)
     tables = analysis(records, cfg)
     report = Report("Perceived-gender audit of two simulated text-to-image models")
@@ -536,6 +522,7 @@ def demo(
         "labour and finance lean male; 'simulated-amplified' pushes every ratio further from "
         "0.5). Detection: connected components; labels: a tiny CNN trained on rendered crops."
     )
+    report.figure(plots.example_grid(manifest, gen_dir), "examples", "The first images per model.")
     results, report = audit_report(tables, cfg, report=report)
     results["known_answer"] = known_answer(tables["prompt_stats"], prompts, cfg.n_min)
     report.heading("Against the planted answer")

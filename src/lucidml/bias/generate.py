@@ -142,7 +142,8 @@ def _part(out: Path, unit: Unit) -> Path:
     return out / "parts" / f"{unit.key}.parquet"
 
 
-def _write_part(path: Path, frame: pd.DataFrame) -> None:
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    """A Parquet table written whole (temporary file and rename)."""
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     atomic_write_bytes(path, buffer.getvalue())
@@ -169,30 +170,37 @@ def generate(
     for unit in track(mine, "generating images", total=len(mine)):
         if loaded is None or loaded[0] != unit.model:
             loaded = (unit.model, load_model(unit.model))  # one pipeline at a time
-        _write_part(_part(out, unit), _run_unit(unit, loaded[1], out, batch_size, seed))
+        write_parquet(_part(out, unit), _run_unit(unit, loaded[1], out, batch_size, seed))
     if not distributed.is_main_process():
         return None
     distributed.wait_for([_part(out, u) for u in units])
     manifest = pd.concat([pd.read_parquet(_part(out, u)) for u in units], ignore_index=True)
-    _write_part(out / "metadata.parquet", manifest)
+    write_parquet(out / "metadata.parquet", manifest)
     return manifest
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """A generation manifest (a run folder or its metadata.parquet), columns checked."""
+def read_table(path: str | Path, name: str, required: Sequence[str], what: str) -> pd.DataFrame:
+    """A job's Parquet table (a run folder holding ``name``, or the file), columns checked."""
     p = Path(path)
     if p.is_dir():
-        p = p / "metadata.parquet"
+        p = p / name
     if not p.is_file():
-        raise InputError(f"no generation manifest at {p}")
+        raise InputError(f"no {what} at {p}")
     try:
         frame = pd.read_parquet(p)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise InputError(f"{p} is not a readable Parquet file ({type(exc).__name__})") from None
-    missing = [c for c in ("image_id", "model", "prompt_id", "path") if c not in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InputError(f"{p} lacks the column(s) {', '.join(missing)}")
     return frame
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """A generation manifest: a generate run folder or its metadata.parquet."""
+    return read_table(
+        path, "metadata.parquet", ("image_id", "model", "prompt_id", "path"), "generation manifest"
+    )
 
 
 class DiffusersModel:
