@@ -3,20 +3,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from feasibility_fixtures import OBJECTS, SEEN, STATES
 
 from lucidml.feasibility.prompts import DEFAULT_NEGATIVES, INSTRUCTION
 from lucidml.testing import tiny_llama, word_tokenizer
-
-STATES = ["sliced", "wet", "ripe", "broken"]
-OBJECTS = ["apple", "window", "river", "egg"]
-SEEN = [
-    ("sliced", "apple"),
-    ("wet", "window"),
-    ("ripe", "apple"),
-    ("wet", "river"),
-    ("broken", "egg"),
-    ("broken", "window"),
-]
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import OBJECTS, SEEN, STATES
+from feasibility_fixtures import OBJECTS, SEEN, STATES
 
 from lucidml.cli import main
 from lucidml.feasibility import FeasibilityScores

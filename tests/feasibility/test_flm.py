@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import OBJECTS, SEEN, STATES
+from feasibility_fixtures import OBJECTS, SEEN, STATES
 
 from lucidml.errors import InputError, ModelError
 from lucidml.feasibility import FeasibilityScores, baseline_scores, combine, ranking, score_pairs

@@ -20,6 +20,7 @@ from lucidml.core.options import (
     Quiet,
     Resume,
     Seed,
+    run_demo,
     start,
 )
 
@@ -224,13 +225,5 @@ def demo(
     overwrite: Overwrite = False,
 ) -> None:
     """The whole audit on two simulated models with planted ratios; writes report.html.
-    --quick uses 40 prompts x 60 images."""
-    start(quiet)
-    from lucidml.bias import api
-    from lucidml.core.config import resolve_device
-    from lucidml.core.runs import run_dir_path
-
-    path = api.demo(
-        run_dir_path("bias", out), quick=quick, device=resolve_device(device), overwrite=overwrite
-    )
-    typer.echo(f"report -> {path}")
+    --quick uses 42 prompts x 60 images."""
+    run_demo("bias", out, quick, device, quiet, overwrite)

@@ -79,3 +79,21 @@ def start(quiet: bool) -> None:
     from lucidml.core.progress import set_verbosity
 
     set_verbosity(quiet)
+
+
+def run_demo(
+    system: str, out: Path | None, quick: bool, device: str | None, quiet: bool, overwrite: bool
+) -> None:
+    """What ``lucid <system> demo`` does: the device is resolved before the run folder is
+    made (an unavailable one is refused first), the system's ``api.demo`` writes its
+    report there, and the report's path is printed."""
+    import importlib
+
+    from lucidml.core.config import resolve_device
+    from lucidml.core.runs import run_dir_path
+
+    start(quiet)
+    resolved = resolve_device(device)
+    api = importlib.import_module(f"lucidml.{system}.api")
+    path = api.demo(run_dir_path(system, out), quick=quick, device=resolved, overwrite=overwrite)
+    typer.echo(f"report -> {path}")

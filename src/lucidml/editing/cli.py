@@ -21,6 +21,7 @@ from lucidml.core.options import (
     Quiet,
     Resume,
     Seed,
+    run_demo,
     start,
 )
 from lucidml.errors import InputError
@@ -252,11 +253,4 @@ def demo(
 
     --quick runs LoRA against RAG on 4 edits per timestep.
     """
-    start(quiet)
-    from lucidml.core.config import resolve_device
-    from lucidml.core.runs import run_dir_path
-    from lucidml.editing import api
-
-    resolved = resolve_device(device)  # before the run folder is made
-    path = api.demo(run_dir_path("editing", out), quick=quick, device=resolved, overwrite=overwrite)
-    typer.echo(f"report -> {path}")
+    run_demo("editing", out, quick, device, quiet, overwrite)

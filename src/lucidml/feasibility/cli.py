@@ -20,6 +20,7 @@ from lucidml.core.options import (
     Quiet,
     Resume,
     Seed,
+    run_demo,
     start,
 )
 
@@ -248,13 +249,4 @@ def demo(
 
     --quick trains the open-world heads for fewer steps.
     """
-    start(quiet)
-    from lucidml.core.config import resolve_device
-    from lucidml.core.runs import run_dir_path
-    from lucidml.feasibility import api
-
-    resolved = resolve_device(device)
-    path = api.demo(
-        run_dir_path("feasibility", out), quick=quick, device=resolved, overwrite=overwrite
-    )
-    typer.echo(f"report -> {path}")
+    run_demo("feasibility", out, quick, device, quiet, overwrite)

@@ -20,6 +20,7 @@ from lucidml.core.options import (
     Quiet,
     Resume,
     Seed,
+    run_demo,
     start,
 )
 from lucidml.errors import InputError
@@ -106,11 +107,4 @@ def demo(
 
     --quick trains 30 steps per expert instead of 60.
     """
-    start(quiet)
-    from lucidml.core.config import resolve_device
-    from lucidml.core.runs import run_dir_path
-    from lucidml.merging import api
-
-    resolved = resolve_device(device)
-    path = api.demo(run_dir_path("merging", out), quick=quick, device=resolved, overwrite=overwrite)
-    typer.echo(f"report -> {path}")
+    run_demo("merging", out, quick, device, quiet, overwrite)

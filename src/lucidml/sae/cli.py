@@ -20,6 +20,7 @@ from lucidml.core.options import (
     Quiet,
     Resume,
     Seed,
+    run_demo,
     start,
 )
 
@@ -339,12 +340,4 @@ def demo(
 ) -> None:
     """digits-clip on digits: a Matryoshka SAE, MS vs neurons, group depth in a digit
     taxonomy, steering; writes report.html. --quick trains fewer steps."""
-    start(quiet)
-    from lucidml.core.config import resolve_device
-    from lucidml.core.runs import run_dir_path
-    from lucidml.sae import api
-
-    path = api.demo(
-        run_dir_path("sae", out), quick=quick, device=resolve_device(device), overwrite=overwrite
-    )
-    typer.echo(f"report -> {path}")
+    run_demo("sae", out, quick, device, quiet, overwrite)
