@@ -243,3 +243,23 @@ def test_minilm_groups_paraphrases():
     texts = ["a person cooking dinner", "someone preparing a meal", "a person repairing an engine"]
     labels = an.cluster_prompts(an.embed_prompts(texts), n_clusters=2)
     assert labels[0] == labels[1] != labels[2]
+
+
+def test_n_min_sweep_shows_when_dropped_prompts_lean_differently():
+    from lucidml.bias.analyze import n_min_sweep
+
+    # ten well-sampled prompts at R_f 0.2, ten thinly sampled ones at 0.8
+    stats = pd.DataFrame(
+        {
+            "model": ["m"] * 20,
+            "prompt_id": [f"p{i}" for i in range(20)],
+            "n_female": [40] * 10 + [8] * 10,
+            "n_male": [160] * 10 + [2] * 10,
+        }
+    )
+    stats["female_ratio"] = stats["n_female"] / (stats["n_female"] + stats["n_male"])
+    sweep = n_min_sweep(stats, thresholds=(1, 100), n_boot=200).set_index("n_min")
+    assert sweep.loc[1, "n_prompts"] == 20 and sweep.loc[100, "n_prompts"] == 10
+    assert sweep.loc[1, "mean_ratio"] == pytest.approx(0.5)
+    assert sweep.loc[100, "mean_ratio"] == pytest.approx(0.2)
+    assert sweep.loc[100, "ci_low"] == pytest.approx(0.2) == sweep.loc[100, "ci_high"]

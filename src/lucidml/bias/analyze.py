@@ -182,6 +182,36 @@ def excluded_prompts(stats: pd.DataFrame, n_min: int) -> pd.DataFrame:
     return stats[stats["n_female"] + stats["n_male"] < n_min].reset_index(drop=True)
 
 
+def n_min_sweep(
+    stats: pd.DataFrame, thresholds=(1, 25, 50, 100, 200), n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Per model and threshold: the prompts kept and their mean R_f with a cluster-bootstrap
+    interval. If the mean moves with n_min, the prompts it drops (those with few kept
+    images) lean differently from the rest, and a single n_min hides that."""
+    _require(
+        stats, ("model", "prompt_id", "n_female", "n_male", "female_ratio"), "prompt statistics"
+    )
+    rows = []
+    for model, part in stats.groupby("model", sort=False):
+        kept = part["n_female"] + part["n_male"]
+        for t in thresholds:
+            r = part.loc[kept >= t, "female_ratio"].dropna().to_numpy(np.float64)
+            low, high = (
+                cluster_bootstrap_ci(r, n_boot, seed=seed) if r.size > 1 else (np.nan, np.nan)
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "n_min": t,
+                    "n_prompts": int(r.size),
+                    "mean_ratio": float(r.mean()) if r.size else float("nan"),
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 # --- groups of prompts --------------------------------------------------------------------
 
 

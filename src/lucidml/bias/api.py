@@ -442,6 +442,16 @@ def audit_report(tables: dict, cfg: AnalyzeConfig, reference=None, report=None):
     if cfg.tpr is not None and cfg.fpr is not None:
         corrected = stats.corrected_ratio(prompt_stats["female_ratio"], cfg.tpr, cfg.fpr)
         results["corrected_mean_ratio"] = float(np.nanmean(corrected))
+    sweep = stats.n_min_sweep(
+        prompt_stats, sorted({1, 25, 50, 100, 200, cfg.n_min}), n_boot=cfg.n_boot, seed=cfg.seed
+    )
+    results["n_min_sweep"] = sweep.to_dict("records")
+    report.heading("Does the answer depend on n_min?")
+    report.text(
+        "Mean R_f over the prompts with at least n_min kept images: a mean that moves with "
+        "n_min means the dropped prompts lean differently from the kept ones."
+    )
+    report.table(sweep)
     if len(tables["excluded"]):
         report.heading("Prompts left out of concept means")
         report.table(tables["excluded"].head(50))

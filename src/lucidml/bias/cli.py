@@ -225,5 +225,5 @@ def demo(
     overwrite: Overwrite = False,
 ) -> None:
     """The whole audit on two simulated models with planted ratios; writes report.html.
-    --quick uses 42 prompts x 60 images."""
+    --quick uses 40 prompts x 60 images."""
     run_demo("bias", out, quick, device, quiet, overwrite)
