@@ -119,12 +119,16 @@ def test_choice_labeller_checks_its_inputs():
         labeller([torch.rand(3, 4, 4)] * 2)
 
 
-def test_from_pretrained_unknown_model_is_a_model_error(tmp_path):
+def test_from_pretrained_unknown_model_is_a_model_error(tmp_path, monkeypatch):
+    import huggingface_hub
+
     with pytest.raises(ModelError, match="cannot load"):
         ChoiceLabeller.from_pretrained(str(tmp_path))
-    # conftest keeps the hub offline, so an id missing from the cache is named as such.
+    # an id absent from the cache while offline is named as such; no hub or cache is asked
+    monkeypatch.setattr("lucidml.core.zoo.hub_offline", lambda name: True)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     with pytest.raises(ModelError, match="offline"):
-        ChoiceLabeller.from_pretrained("nobody/no-such-vlm")
+        ChoiceLabeller.from_pretrained("org/absent-model")
 
 
 # --- CLIP zero-shot (random weights: plumbing only, not accuracy) ----------------------
