@@ -162,8 +162,9 @@ def generate(
     process's parts exist, write and return ``metadata.parquet`` (other processes: None)."""
     out = Path(out)
     units = plan_units(prompts, models, per_prompt)
-    mine = [u for u in distributed.shard(units) if not _part(out, u).is_file()]
-    done = len(distributed.shard(units)) - len(mine)
+    share = distributed.shard(units)
+    mine = [u for u in share if not _part(out, u).is_file()]
+    done = len(share) - len(mine)
     if done:
         log.info("resuming: %d of this process's units are already generated", done)
     loaded: tuple[str, ImageModel] | None = None

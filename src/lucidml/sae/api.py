@@ -528,14 +528,9 @@ def steer_report(
 
 
 def _sae_only(vlm, sae: SAE, layer, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Predictions with the layer replaced by the SAE's reconstruction (no error term)."""
-    with torch.no_grad():
-        from lucidml.core.hooks import patch
-        from lucidml.sae.steer import layer_module
-
-        with patch(vlm, layer_module(vlm, layer), lambda h: sae(h.to(sae.W_dec.dtype))):
-            emb = vlm.encode_images(images)
-    return (emb @ text.T).argmax(-1)
+    """Predictions with the layer replaced by the SAE's reconstruction (no error term):
+    the steering hook with no latent changed (latent 0 keeps its own value)."""
+    return steered_predictions(vlm, sae, layer, 0, None, images, text, keep_error=False)
 
 
 def _steer_row(j, arm, alpha, pred, text, concept, shuffled, targets: ImageSet, target) -> dict:
