@@ -325,15 +325,15 @@ def test_sampled_predictive_is_calibrated_under_shift_too(fitted, digits_clip, d
     assert scores["bayesvlm"]["ece"] < scores["map"]["ece"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 18, defect 2): the analytic cosine moments overshoot the "
-    "sampled logit variance, 4.6x (median) under the default split damping on noisy digits",
-)
 def test_analytic_logit_variance_matches_weight_samples_at_realistic_variance(fitted, digits_clip):
+    """Issue 18, defect 2: the moments through each embedding's diagonal covariance
+    overshot 1000 joint weight draws 4.6x (median); through the full covariance they
+    match (measured median 0.96, 5-95% 0.74-1.06, sampled logit std about 0.6)."""
     bvlm, cls = fitted
     x = image_inputs(digits_clip, data.read_images("digits-noise")[0][:100])
-    analytic = bvlm.logits(x, cls).var
     sampled = bvlm.sample_logits(x, cls, 1000, torch.Generator().manual_seed(0)).var(0)
-    ratio = (analytic / sampled).median()
+    ratio = (bvlm.logits(x, cls).var / sampled).median()
     assert 0.8 < float(ratio) < 1.2
+    diagonal = BayesVLM(digits_clip, bvlm.config.updated(embedding_covariance="diagonal"))
+    diagonal.posteriors = bvlm.posteriors
+    assert float((diagonal.logits(x, cls).var / sampled).median()) > 3

@@ -139,6 +139,28 @@ def test_fit_accumulates_factors_over_class_batches(name, request):
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_float32_batch_products_give_the_float64_posterior_within_1e_4(name, request):
+    """What a CUDA fit does (float32 products, float64 sums), checked on the CPU."""
+    vlm = request.getfixturevalue(name)
+    images = _images(vlm)
+    fits = {
+        dtype: BayesVLM(vlm, PosteriorConfig(class_batch=5, accumulate_dtype=dtype))
+        .fit((images, CAPTIONS))
+        .optimize_prior_precision()
+        for dtype in ("float32", "float64")
+    }
+    assert BayesVLM(vlm).accumulate_dtype == torch.float64  # auto on the CPU
+    for t in ("image", "text"):
+        f32, f64 = (fits[d].posteriors[t].factors for d in ("float32", "float64"))
+        assert f32.A.dtype == torch.float64
+        for got, want in ((f32.A, f64.A), (f32.B, f64.B)):
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+            assert not torch.equal(got, want)  # the products really ran in float32
+    p32, p64 = (fits[d].predict(images[:4], CAPTIONS[:5]).probs() for d in fits)
+    torch.testing.assert_close(p32, p64, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
 def test_fitted_model_has_positive_variance_and_roundtrips(name, request, tmp_path):
     vlm = request.getfixturevalue(name)
     images = _images(vlm)

@@ -180,13 +180,19 @@ def optimize_prior_precision(
     raise ConfigError(f"unknown solver '{solver}', expected brent or adam")
 
 
+def embedding_spectrum(a: torch.Tensor, U: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of Cov(W a) in the output eigenbasis V, for activations a (N, p): the
+    covariance is V diag(w) V^T with w_j = sum_i (u_i.a)^2 M_ij, (N, q). The same V for
+    every input, so this is the whole covariance, not an approximation."""
+    return ((a.to(U.dtype) @ U) ** 2) @ M
+
+
 def embedding_variance(
     a: torch.Tensor, U: torch.Tensor, V: torch.Tensor, M: torch.Tensor
 ) -> torch.Tensor:
     """Diagonal of Cov(W a) for activations a (N, p): sum_ij (u_i.a)^2 V_dj^2 M_ij, (N, q).
     Never forms a^T (x) I (laplace-torch #138)."""
-    proj = (a.to(U.dtype) @ U) ** 2
-    return proj @ M @ (V**2).T
+    return embedding_spectrum(a, U, M) @ (V**2).T
 
 
 def sample_weight_noise(

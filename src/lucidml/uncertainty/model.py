@@ -227,16 +227,29 @@ class BayesVLM:
             ]
         return pairs
 
+    @property
+    def accumulate_dtype(self) -> torch.dtype:
+        """The dtype of each class batch's factor products: float32 on CUDA (float64 runs
+        many times slower there), float64 elsewhere, unless the config names one. The
+        running sums and everything after them stay float64."""
+        name = self.config.accumulate_dtype
+        if name == "auto":
+            name = "float32" if self.device.type == "cuda" else "float64"
+        return getattr(torch, name)
+
     def _accumulate(self, img: TowerInputs, txt: TowerInputs, sum_aa: dict, sum_h: dict) -> None:
         """Add one class batch: each image scores against the batch's captions and back."""
-        x = {"image": self.embed("image", img), "text": self.embed("text", txt)}
+        dtype = self.accumulate_dtype
+        inputs = {"image": _cast(img, dtype), "text": _cast(txt, dtype)}
+        x = {t: self.embed(t, inputs[t]) for t in TOWERS}
         other = {"image": F.normalize(x["text"], dim=-1), "text": F.normalize(x["image"], dim=-1)}
-        for t, inputs in (("image", img), ("text", txt)):
-            design = self._design(t, inputs.a)
-            sum_aa[t] += design.T @ design
+        for t in TOWERS:
+            design = self._design(t, inputs[t].a)
+            sum_aa[t] += (design.T @ design).double()
             for start in range(0, len(design), self.config.data_batch):
                 xs = x[t][start : start + self.config.data_batch]
-                sum_h[t] += ggn_sum(self.vlm.kind, xs, other[t], self.logit_scale, self.logit_bias)
+                h = ggn_sum(self.vlm.kind, xs, other[t], self.logit_scale, self.logit_bias)
+                sum_h[t] += h.double()
 
     def _default_lambda(self, tower: str) -> float:
         c = self.config
@@ -286,13 +299,33 @@ class BayesVLM:
         M = post.covariance_eigenvalues(self.config.predict_n, self.config.damping)
         return mean, kfac.embedding_variance(self._design(tower, x.a), post.U, post.V, M)
 
+    def embedding_spectrum(
+        self, tower: str, x: TowerInputs
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean (N, q) of the tower's unnormalised embeddings and their whole covariance,
+        as eigenvalues (N, q) along the columns of one eigenbasis (q, q) shared by all N."""
+        self._require_fitted()
+        post = self.posteriors[tower]
+        M = post.covariance_eigenvalues(self.config.predict_n, self.config.damping)
+        w = kfac.embedding_spectrum(self._design(tower, x.a), post.U, M)
+        return self.embed(tower, x), w, post.V
+
     def logits(
         self, img: TowerInputs, txt: TowerInputs, map_estimate: bool = False
     ) -> ProbabilisticLogits:
-        """Gaussian logits (N, C) from cached inputs of N images and C texts."""
-        mu_i, var_i = self.embedding_moments("image", img, map_estimate)
-        mu_t, var_t = self.embedding_moments("text", txt, map_estimate)
-        mean, var = cosine_moments(mu_i, var_i, mu_t, var_t, self.config.cosine_var)
+        """Gaussian logits (N, C) from cached inputs of N images and C texts, through the
+        embeddings' full covariances (``embedding_covariance: diagonal`` keeps only their
+        diagonals, as the reference does)."""
+        if map_estimate or self.config.embedding_covariance == "diagonal":
+            mu_i, var_i = self.embedding_moments("image", img, map_estimate)
+            mu_t, var_t = self.embedding_moments("text", txt, map_estimate)
+            mean, var = cosine_moments(mu_i, var_i, mu_t, var_t, self.config.cosine_var)
+        else:
+            mu_i, w_i, V_i = self.embedding_spectrum("image", img)
+            mu_t, w_t, V_t = self.embedding_spectrum("text", txt)
+            mean, var = cosine_moments(
+                mu_i, w_i, mu_t, w_t, self.config.cosine_var, img_basis=V_i, txt_basis=V_t
+            )
         s = self.logit_scale
         return ProbabilisticLogits(s * mean + self.logit_bias, s**2 * var)
 
@@ -467,6 +500,10 @@ class BayesVLM:
                 )
         self.lambda_fitted = bool(meta.get("lambda_fitted", False))
         return self
+
+
+def _cast(x: TowerInputs, dtype: torch.dtype) -> TowerInputs:
+    return TowerInputs(x.a.to(dtype), None if x.r is None else x.r.to(dtype))
 
 
 def _read_posterior_files(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
