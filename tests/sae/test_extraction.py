@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lucidml.core.images import load_image_folder
 from lucidml.errors import InputError, ModelError, ShapeError
-from lucidml.sae.extraction import extract, load_image_folder, resolve_layer
+from lucidml.sae.extraction import extract, resolve_layer
 from lucidml.sae.store import ActivationStore
 from lucidml.testing import tiny_clip
 

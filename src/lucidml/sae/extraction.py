@@ -15,19 +15,18 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from lucidml.core import distributed
 from lucidml.core.hooks import capture
+from lucidml.core.images import image_files, load_images
 from lucidml.core.progress import track
 from lucidml.core.runs import derive_seed
 from lucidml.errors import InputError, ModelError, ShapeError
 from lucidml.sae.store import INDEX, ActivationStore, StoreWriter, dtype_name, merge
 
 TOKEN_SELECTIONS = ("cls", "random_k", "mean", "all")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 POOLED = -1  # the token of a row that stands for the whole image
 
 Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # activations, image index, token
@@ -55,62 +54,18 @@ def resolve_layer(vlm, layer) -> tuple[str, int | None]:
     return "block", index
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """The image files under ``folder``, recursively, sorted by their relative path."""
-    if not folder.is_dir():
-        raise InputError(f"image folder {folder} does not exist")
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
-    if not files:
-        raise InputError(f"image folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images")
-    return files
-
-
-def _relative_ids(folder: Path, files: Sequence[Path]) -> list[str]:
-    return [f.relative_to(folder).as_posix() for f in files]
-
-
-def _load_images(files: Sequence[Path], channels: int, size: int) -> torch.Tensor:
-    """Images as a float tensor (N, channels, size, size) in [0, 1]."""
-    from PIL import Image
-
-    if channels not in (1, 3):
-        raise InputError(f"images are read with 1 or 3 channels, not {channels}")
-    mode = "L" if channels == 1 else "RGB"
-    arrays = []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                resized = image.convert(mode).resize((size, size), Image.BILINEAR)
-        except OSError:  # PIL's UnidentifiedImageError is one
-            raise InputError(f"cannot read the image {path}") from None
-        arrays.append(np.asarray(resized, dtype=np.float32) / 255.0)
-    pixels = torch.from_numpy(np.stack(arrays))
-    return pixels.unsqueeze(1) if channels == 1 else pixels.permute(0, 3, 1, 2).contiguous()
-
-
-def load_image_folder(folder, channels: int, size: int) -> tuple[torch.Tensor, list[str]]:
-    """Every image under ``folder`` (recursively, in sorted order) resized to size x size,
-    with its path relative to ``folder`` as its id."""
-    folder = Path(folder)
-    files = _image_files(folder)
-    return _load_images(files, channels, size), _relative_ids(folder, files)
-
-
 def _image_source(vlm, images) -> tuple[int, Callable[[list[int]], torch.Tensor], list[str]]:
     """(count, a loader of the images at given positions, default ids). A folder is read
     batch by batch, so a large one never sits in memory whole."""
     if isinstance(images, str | Path):
         folder = Path(images)
-        files = _image_files(folder)
+        files = image_files(folder)
         return (
             len(files),
-            lambda positions: _load_images(
+            lambda positions: load_images(
                 [files[i] for i in positions], vlm.channels, vlm.image_size
             ),
-            _relative_ids(folder, files),
+            [f.relative_to(folder).as_posix() for f in files],
         )
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from lucidml.core.digits_clip import CLASS_NAMES
+from lucidml.core.images import load_image_folder
 from lucidml.errors import InputError
-from lucidml.sae.extraction import load_image_folder
 
 DIGIT_SETS = ("digits-train", "digits-test")
 # Digits drawn with a closed loop or a curve, against those made of straight strokes.
