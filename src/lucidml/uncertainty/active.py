@@ -194,11 +194,13 @@ def budget_curve(
 ) -> list[dict]:
     """For each budget: select, tune on the support set, evaluate on the labelled targets.
     One selection at the largest budget serves all smaller ones (the ranking is nested).
-    Validation items for the best epoch come from the pool, outside every support set.
+    Validation items for the best epoch come from the pool, outside every support set and
+    not counted in the budget; each row says how many (``val_items``).
     With a ``store``, finished rows are saved as they come and rows already there are
     reused (a seed whose rows are all there is not even selected again)."""
     config = config or ActiveConfig()
-    rows = [{"budget": 0, "seed": 0, **flat_score(bvlm, targets, target_y, classes, predict)}]
+    zero_shot = flat_score(bvlm, targets, target_y, classes, predict)
+    rows = [{"budget": 0, "seed": 0, "val_items": 0, **zero_shot}]
     for seed in track(range(seeds), f"{config.strategy}: seeds"):
         cfg = config.updated(budget=max(budgets), seed=config.seed + seed)
         done = {k: store.get(cfg, k, predict) for k in budgets} if store else {}
@@ -227,7 +229,8 @@ def budget_curve(
                 seed=cfg.seed,
             )
             scores = flat_score(with_image_weight(bvlm, w), targets, target_y, classes, predict)
-            rows.append({"budget": k, "seed": cfg.seed, **scores})
+            # the validation items are labelled too, but outside the budget: said per row
+            rows.append({"budget": k, "seed": cfg.seed, "val_items": len(val), **scores})
             if store is not None:
                 store.put(cfg, k, predict, rows[-1])
     return rows

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lucidml.core import metrics
 from lucidml.core.config import resolve_device, seed_everything
@@ -73,6 +74,56 @@ def _hessian_folder(hessian: str | Path | None) -> Path:
     return Path(hessian)
 
 
+def posterior_summary(bvlm: BayesVLM) -> dict:
+    """What a reported number depends on: damping, the pairs the factors came from, each
+    tower's prior precision, and the pseudo-counts used to fit lambda and to predict."""
+    c = bvlm.config
+    return {
+        "damping": c.damping,
+        "n_pairs": bvlm.posteriors["image"].factors.n_data,
+        "prior_precision": bvlm.prior_precision,
+        "fit_n": c.fit_n,
+        "predict_n": c.predict_n,
+        "cosine_var": c.cosine_var,
+        "embedding_covariance": c.embedding_covariance,
+    }
+
+
+def _posterior_text(summary: dict) -> str:
+    lam = summary["prior_precision"]
+    return (
+        f"Posterior: {summary['damping']} damping, factors from {summary['n_pairs']} "
+        f"image-caption pairs, prior precision image {lam['image']:.4g} / text "
+        f"{lam['text']:.4g} (fitted with n = {summary['fit_n']:g}); predictions with "
+        f"n = {summary['predict_n']:g}, cosine variance '{summary['cosine_var']}' with the "
+        f"{summary['embedding_covariance']} embedding covariance."
+    )
+
+
+METHOD_NAMES = {"map": "MAP", "temperature": "MAP + temperature", "bayesvlm": "BayesVLM"}
+
+
+def _metric_cell(value: float, ci: list[float]) -> str:
+    """'value [low, high]', or the value alone when there is no interval (one run)."""
+    if ci[0] == ci[1] == value:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _metric_rows(per_method: dict[str, dict], **extra) -> list[dict]:
+    """Report rows from ``evaluation.score_with_baselines``: each metric with its 95%
+    bootstrap interval, and the item count."""
+    return [
+        {
+            **extra,
+            "method": METHOD_NAMES[m],
+            "n": v["n"],
+            **{k: _metric_cell(v[k], v["ci95"][k]) for k in evaluation.METRICS},
+        }
+        for m, v in per_method.items()
+    ]
+
+
 def fit(
     config: FitJobConfig | None = None,
     out: str | Path | None = None,
@@ -91,6 +142,7 @@ def fit(
     vlm = load_model(config.model, device)
     bvlm = BayesVLM(vlm, config)
     vlm.preprocess(images[:1])  # a wrong size or channel count fails before any write
+    data.check_pair_count(len(images), config.pairs)
     identity = {
         "model": checkpoints.model_fingerprint(vlm),
         "pairs": digest(images, captions),
@@ -104,6 +156,7 @@ def fit(
         overwrite=overwrite,
         inputs=path_inputs(model=config.model, pairs=config.pairs),
     )
+    _warn_if_rank_deficient(bvlm, len(images))  # once the run is accepted
     sums = None
     if resume:
         sums = checkpoints.load_sums(run / "checkpoints", identity, bvlm.device)
@@ -134,11 +187,13 @@ def fit(
         "n_pairs": len(images),
         "resumed_after_batches": resumed_after,
         "prior_precision": lam,
+        "posterior": posterior_summary(bvlm),
         "fit_seconds": seconds,
         "env": environment(device, config.seed),
     }
     run.write_results(results)
     rep = Report(f"BayesVLM posterior for {config.model}")
+    rep.text(_posterior_text(results["posterior"]))
     rep.text(
         f"K-FAC factors of the image and text projections from {len(images)} "
         f"image-caption pairs ({seconds:.1f} s on {device}); prior precision by marginal "
@@ -147,6 +202,23 @@ def fit(
     rep.table([{"tower": t, "prior precision": v} for t, v in lam.items()])
     rep.save(run.path)
     return bvlm, run.path
+
+
+def _warn_if_rank_deficient(bvlm: BayesVLM, n_pairs: int) -> None:
+    """Fewer pairs than a projection has inputs leave its input factor A singular: the
+    directions no pair spans keep the prior's variance. Legitimate (the prior is proper),
+    but rarely intended, so it is said."""
+    for tower, layer in bvlm.layers.items():
+        inputs = layer.in_features + (layer.bias is not None)
+        if n_pairs < inputs:
+            log.warning(
+                "%d image-caption pairs span at most %d of the %d input directions of the "
+                "%s projection; the others keep the prior's variance",
+                n_pairs,
+                n_pairs,
+                inputs,
+                tower,
+            )
 
 
 def zeroshot(
@@ -162,9 +234,20 @@ def zeroshot(
     class_names = data.read_classes(config.classes)
     x, labels = data.read_images(config.images)
     data.check_labels(labels, len(class_names), "image")
+    cal_x, cal_y = None, None
+    if config.calibration is not None:
+        cal_x, cal_y = data.read_images(config.calibration, split="train")
+        if cal_y is None:
+            raise InputError(
+                f"calibration folder {config.calibration} has no labels.npy; temperature "
+                "scaling is fitted on labelled images"
+            )
+        data.check_labels(cal_y, len(class_names), "calibration")
     vlm = load_model(config.model, device)
     bvlm = BayesVLM.load(vlm, hessian)
     vlm.preprocess(x[:1])  # a wrong size or channel count fails before any write
+    if cal_x is not None:
+        vlm.preprocess(cal_x[:1])
     run = Run(SYSTEM, out, config, overwrite=overwrite, resumable=False)
     img = image_inputs(vlm, x, bvlm.config.encode_batch)
     cls = bvlm.class_inputs(class_names, config.templates)
@@ -185,13 +268,43 @@ def zeroshot(
         "n_images": len(x),
         "classes": class_names,
         "prior_precision": bvlm.prior_precision,
+        "posterior": posterior_summary(bvlm),
         "mean_logit_std": float(logits.var.sqrt().mean()),
         "env": environment(device, config.seed),
     }
     rep = Report(f"BayesVLM zero-shot: {config.model}")
+    rep.text(_posterior_text(results["posterior"]))
+    temperature = None
+    if cal_x is not None:
+        cal_in = image_inputs(vlm, cal_x, bvlm.config.encode_batch)
+        temperature = evaluation.fit_temperature(
+            bvlm.logits(cal_in, cls, map_estimate=True).mean, cal_y
+        )
+        results["temperature"] = {
+            "value": temperature,
+            "calibration": config.calibration,
+            "n": len(cal_y),
+        }
+        rep.text(
+            f"Temperature scaling: T = {temperature:.3f}, fitted by NLL on {len(cal_y)} "
+            f"labelled held-out images ({config.calibration}) and applied to the MAP logits."
+        )
     if labels is not None:
-        results["metrics"] = evaluation.score(bvlm, img, labels, cls, config)
-        rep.table([{"method": m, **v} for m, v in results["metrics"].items()])
+        results["metrics"] = evaluation.score_with_baselines(
+            bvlm, img, labels, cls, config, temperature
+        )
+        rep.table(_metric_rows(results["metrics"]))
+        rep.text(
+            "Each metric with its 95% percentile-bootstrap interval over the images (1,000 "
+            "resamples); ECE with "
+            f"{config.ece_bins} bins."
+            + (
+                ""
+                if temperature is not None
+                else " No temperature-scaling baseline: pass --calibration DIR (labelled "
+                "held-out images from the model's own distribution) to add one."
+            )
+        )
         map_probs = bvlm.logits(img, cls, map_estimate=True).probs()
         rep.figure(
             plots.reliability_grid(
@@ -269,8 +382,10 @@ def active(
         "budget": config.budget,
         "selected": picks.tolist(),
         "selected_labels": pool_y[picks].tolist(),
+        "posterior": posterior_summary(bvlm),
     }
     rep = Report(f"BayesVLM support-set selection: {config.strategy}")
+    rep.text(_posterior_text(results["posterior"]))
     rep.text(
         f"Selected {len(picks)} of {len(pool_x)} pool items for {len(target_x)} targets "
         f"(select on {config.select_on})."
@@ -296,20 +411,39 @@ def active(
         results["rows_reused"] = store.reused
         if store.reused:
             log.info("reused %d finished rows from %s", store.reused, run.path)
-        rep.table(rows, ["budget", "seed", "map_acc", "map_ece", "bayesvlm_nlpd", "bayesvlm_ece"])
+        results["summary"] = mean_over_seeds(rows)
+        rep.table(_curve_rows(results["summary"]))
+        rep.text(
+            f"Mean over {config.seeds} selection seed(s) with a 95% Student-t interval "
+            "(a single seed has none). Each tuning also used val_items labelled pool "
+            "items, outside the support set and not counted in the budget, to pick its "
+            "best epoch."
+        )
         rep.figure(plots.budget_curves(rows), "budget_curves")
     results["env"] = environment(device, config.seed)
     run.write_results(results)
     return rep.save(run.path)
 
 
+def calibration_split(labels: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stratified half of the items to fit a temperature on, and the other half to
+    report on (indices): digits-clip was trained on the digits train split, so a
+    temperature fitted there would be fitted on training data."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    cal, held = train_test_split(idx, test_size=0.5, stratify=labels.numpy(), random_state=seed)
+    return torch.from_numpy(np.sort(cal)), torch.from_numpy(np.sort(held))
+
+
 def demo(
     out_dir: str | Path, quick: bool = False, device: str | None = None, overwrite: bool = False
 ) -> Path:
-    """digits-clip: factors from the digits train pairs; MAP vs BayesVLM zero-shot on clean
-    and shifted digits; active-learning curves for the four strategies on noisy digits.
-    ``quick`` (the tour's) tunes for 30 epochs instead of 100 at budgets 10 and 50 only,
-    with 200 BALD samples instead of 1000 and 2 random seeds instead of 5."""
+    """digits-clip: factors from the digits train pairs; MAP, temperature-scaled MAP and
+    BayesVLM zero-shot on clean and shifted digits; active-learning curves for the four
+    strategies on noisy digits over 5 seeds. ``quick`` (the tour's) tunes for 30 epochs
+    instead of 100 at budgets 10 and 50 only, with 200 BALD samples instead of 1000 and
+    2 seeds instead of 5."""
     from lucidml.core.zoo import load_digits
 
     device = _start(device, 0)
@@ -324,6 +458,7 @@ def demo(
     bvlm.optimize_prior_precision()
     fit_seconds = time.perf_counter() - start
     bvlm.save(out_dir / "posterior")
+    posterior = posterior_summary(bvlm)
     cls = bvlm.class_inputs(d.class_names, TEMPLATES)
 
     log.info("demo: zero-shot on clean digits and %s", ", ".join(data.SHIFTS))
@@ -332,13 +467,22 @@ def demo(
         **{name: data.read_images(f"digits-{name}")[0] for name in data.SHIFTS},
     }
     inputs = {name: image_inputs(vlm, x) for name, x in sets.items()}
+    # temperature on half of the clean test split; every set is scored on the other half
+    # (the shifted sets are copies of the same test images)
+    cal, held = calibration_split(d.test_y)
+    temperature = evaluation.fit_temperature(
+        bvlm.logits(inputs["clean"][cal], cls, map_estimate=True).mean, d.test_y[cal]
+    )
+    held_y = d.test_y[held]
     zs, panels, spread = {}, {}, {}
     for name, x_in in inputs.items():
-        zs[name] = evaluation.score(bvlm, x_in, d.test_y, cls, pred_cfg)
+        zs[name] = evaluation.score_with_baselines(
+            bvlm, x_in[held], held_y, cls, pred_cfg, temperature
+        )
         logits = bvlm.logits(x_in, cls)
         panels[name] = {
-            "MAP": (bvlm.logits(x_in, cls, map_estimate=True).probs(), d.test_y),
-            "BayesVLM": (logits.probs(), d.test_y),
+            "MAP": (bvlm.logits(x_in[held], cls, map_estimate=True).probs(), held_y),
+            "BayesVLM": (logits.probs()[held], held_y),
         }
         spread[name] = logits.var.sqrt().mean(1).cpu().numpy()
     ood_auroc = {
@@ -351,15 +495,15 @@ def demo(
 
     # Active learning on noisy digits: zero-shot accuracy drops, so a support set helps.
     budgets = [10, 50] if quick else [10, 20, 30, 50]
+    seeds = 2 if quick else 5
     finetune = FinetuneConfig(lr=1e-3, epochs=30 if quick else 100)  # paper lr 1e-5: see docs
-    log.info("demo: active learning on noisy digits, budgets %s", budgets)
+    log.info("demo: active learning on noisy digits, budgets %s, %d seeds", budgets, seeds)
     pool_in = image_inputs(vlm, data.read_pool("digits-noise")[0])
     rows = []
     for strategy in track(list(al.STRATEGIES), "active-learning strategies"):
         cfg = ActiveConfig(
             strategy=strategy, bald_samples=200 if quick else 1000, finetune=finetune
         )
-        seeds = (2 if quick else 5) if strategy == "random" else 1
         curve = al.budget_curve(
             bvlm,
             pool_in,
@@ -373,15 +517,19 @@ def demo(
             predict=pred_cfg,
         )
         rows += [{"strategy": strategy, **r} for r in curve]
+    summary = mean_over_seeds(rows)
 
     results = {
         "model": "digits-clip",
         "n_pairs": len(captions),
         "fit_seconds": fit_seconds,
         "prior_precision": bvlm.prior_precision,
+        "posterior": posterior,
+        "temperature": {"value": temperature, "calibration": "clean test half", "n": len(cal)},
         "zeroshot": zs,
         "ood_auroc_logit_std": ood_auroc,
         "active": rows,
+        "active_summary": summary,
         "quick": quick,
         "env": environment(device, 0),
     }
@@ -390,14 +538,19 @@ def demo(
     rep = Report("BayesVLM on digits-clip")
     rep.text(
         f"Laplace posterior over both projections from {len(captions)} digits image-caption "
-        f"pairs in {fit_seconds:.1f} s; prior precision (image, text) = "
-        f"{bvlm.prior_precision['image']:.3g}, {bvlm.prior_precision['text']:.3g}; "
-        f"prediction with n = {post_cfg.predict_n:g} and the probit approximation."
+        f"pairs in {fit_seconds:.1f} s; the probit approximation for prediction."
     )
-    rep.heading("Zero-shot: MAP vs BayesVLM")
+    rep.text(_posterior_text(posterior))
+    rep.heading("Zero-shot: MAP, temperature-scaled MAP and BayesVLM")
+    rep.text(
+        f"Temperature T = {temperature:.3f}, fitted by NLL on a stratified half of the clean "
+        f"test split ({len(cal)} images; digits-clip was trained on the train split). Every "
+        f"set is scored on the other {len(held)} images (the shifted sets are copies of the "
+        "same images); each metric with its 95% percentile-bootstrap interval over them."
+    )
     rep.table(
-        [{"set": s, "method": m, **v} for s, per in zs.items() for m, v in per.items()],
-        ["set", "method", "acc", "nlpd", "ece", "brier"],
+        [r for name, per in zs.items() for r in _metric_rows(per, set=name)],
+        ["set", "method", "n", *evaluation.METRICS],
     )
     rep.figure(
         plots.reliability_grid(panels, pred_cfg.ece_bins),
@@ -416,30 +569,49 @@ def demo(
         "Targets: the noisy test split (unlabelled for selection). Pool: the noisy train "
         "split. Selection on targets, mapped to the pool by diagonal 2-Wasserstein distance; "
         "then the image projection is tuned on the support set (AdamW, best validation "
-        "epoch). Random averages several seeds."
+        f"epoch). Every strategy runs {seeds} seeds (selection draws, validation split, "
+        "tuning batches); the table gives the mean and its 95% Student-t interval. The "
+        "validation items (val_items) are labelled pool items outside the support set and "
+        "are not counted in the budget."
     )
     rep.figure(plots.budget_curves(rows, ("map_acc", "map_ece", "bayesvlm_ece")), "active_curves")
-    mean_rows = _mean_over_seeds(rows)
-    rep.table(
-        mean_rows, ["strategy", "budget", "map_acc", "map_ece", "bayesvlm_nlpd", "bayesvlm_ece"]
-    )
+    rep.table(_curve_rows(summary))
     return rep.save(out_dir)
 
 
-def _mean_over_seeds(rows: list[dict]) -> list[dict]:
+CURVE_METRICS = ("map_acc", "map_ece", "bayesvlm_nlpd", "bayesvlm_ece")
+
+
+def mean_over_seeds(rows: list[dict]) -> list[dict]:
+    """One row per (strategy, budget): each metric's mean over the seeds and its 95%
+    Student-t interval (``<metric>_ci95``), with the number of seeds and of validation
+    items (labelled, outside the budget)."""
     keys = sorted(
-        {(r["strategy"], r["budget"]) for r in rows},
-        key=lambda k: (list(al.STRATEGIES).index(k[0]), k[1]),
+        {(r.get("strategy", ""), r["budget"]) for r in rows},
+        key=lambda k: (list(al.STRATEGIES).index(k[0]) if k[0] in al.STRATEGIES else 0, k[1]),
     )
     out = []
     for strategy, budget in keys:
-        group = [r for r in rows if r["strategy"] == strategy and r["budget"] == budget]
-        metric_keys = [k for k in group[0] if k not in ("strategy", "budget", "seed")]
-        out.append(
-            {
-                "strategy": strategy,
-                "budget": budget,
-                **{k: float(np.mean([g[k] for g in group])) for k in metric_keys},
-            }
-        )
+        group = [r for r in rows if r.get("strategy", "") == strategy and r["budget"] == budget]
+        row = {"strategy": strategy, "budget": budget, "seeds": len(group)}
+        row["val_items"] = max(g.get("val_items", 0) for g in group)
+        for k in group[0]:
+            if k.startswith(("map_", "bayesvlm_")):
+                mean, low, high = evaluation.mean_interval([g[k] for g in group])
+                row[k], row[f"{k}_ci95"] = mean, [low, high]
+        out.append(row)
     return out
+
+
+def _curve_rows(summary: list[dict]) -> list[dict]:
+    """Report cells 'mean [low, high]' for the curve metrics."""
+    return [
+        {
+            "strategy": r["strategy"],
+            "budget": r["budget"],
+            "seeds": r["seeds"],
+            "val_items": r["val_items"],
+            **{k: _metric_cell(r[k], r[f"{k}_ci95"]) for k in CURVE_METRICS},
+        }
+        for r in summary
+    ]

@@ -116,6 +116,16 @@ def zeroshot(
         ),
     ] = None,
     classes: Classes = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration",
+            help="Labelled held-out images from the model's own distribution (folder with "
+            "images.npy and labels.npy, or a digits name: train split); adds a "
+            "temperature-scaling baseline fitted on them.",
+            show_default="none",
+        ),
+    ] = None,
     predictive: Annotated[
         str | None,
         typer.Option(
@@ -142,6 +152,7 @@ def zeroshot(
         model=model,
         images=images,
         classes=classes,
+        calibration=calibration,
         predictive=predictive,
         seed=seed,
     )

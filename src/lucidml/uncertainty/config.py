@@ -96,6 +96,9 @@ class ZeroshotJobConfig(PredictConfig):
     hessian: str | None = None  # folder written by fit (required)
     images: str = "digits"
     classes: str = "digits"
+    # labelled held-out images from the model's own distribution, for the temperature-
+    # scaling baseline (digits names read the train split); None: no such baseline
+    calibration: str | None = None
 
 
 class ActiveJobConfig(ActiveConfig):

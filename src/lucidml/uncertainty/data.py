@@ -145,6 +145,18 @@ def read_pairs(spec: str) -> tuple[torch.Tensor, list[str]]:
     return images, captions
 
 
+def check_pair_count(n_pairs: int, spec: str) -> None:
+    """Refuse a corpus too small to measure any curvature: an image scored against the
+    captions of its class batch needs at least one other caption, else its softmax has a
+    single candidate, the contrastive Hessian is exactly zero, and the prior precision
+    fitted on it runs to its bound."""
+    if n_pairs < 2:
+        raise InputError(
+            f"pairs {spec} hold {n_pairs} image-caption pair; the posterior needs at least "
+            "2, since a softmax over a single caption has no curvature to measure"
+        )
+
+
 def read_images(spec: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Images and labels (None if absent) from a folder, or a digits name (``split`` picks
     the digits train or test split)."""

@@ -63,17 +63,23 @@ def uncertainty_histogram(values: dict[str, np.ndarray], xlabel: str):
 
 
 def budget_curves(rows: list[dict], keys: tuple[str, ...] = ("map_acc", "bayesvlm_ece")):
-    """Mean over seeds of each metric against the budget, one line per strategy."""
+    """Mean over seeds of each metric against the budget, one line per strategy, shaded
+    by its 95% Student-t interval over the seeds."""
+    from lucidml.uncertainty.evaluation import mean_interval
+
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
     strategies = sorted({r["strategy"] for r in rows})
     for ax, key in zip(axes[0], keys, strict=True):
         for s in strategies:
             budgets = sorted({r["budget"] for r in rows if r["strategy"] == s})
-            means = [
-                np.mean([r[key] for r in rows if r["strategy"] == s and r["budget"] == b])
-                for b in budgets
-            ]
-            ax.plot(budgets, means, marker="o", label=s)
+            stats = np.array(
+                [
+                    mean_interval([r[key] for r in rows if r["strategy"] == s and r["budget"] == b])
+                    for b in budgets
+                ]
+            )
+            (line,) = ax.plot(budgets, stats[:, 0], marker="o", label=s)
+            ax.fill_between(budgets, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.2)
         ax.set_xlabel("support-set size (budget)")
         ax.set_ylabel(key.replace("_", " "))
         ax.grid(alpha=0.3)
