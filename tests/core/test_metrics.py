@@ -78,3 +78,12 @@ def test_harmonic_mean_and_mean_std():
 def test_shape_errors_are_user_errors():
     with pytest.raises(ShapeError):
         metrics.accuracy(P, Y[:3])
+
+
+def test_t_interval_by_hand():
+    from lucidml.core.metrics import t_interval
+
+    low, high = t_interval([0.8, 0.9, 1.0])
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2 dof) * sd / sqrt(n)
+    assert (low, high) == pytest.approx((0.9 - half, 0.9 + half), abs=1e-6)
+    assert t_interval([0.5]) is None

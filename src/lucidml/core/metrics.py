@@ -129,3 +129,16 @@ def mean_std(values) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     v = _np(values).astype(np.float64)
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean of a few independent values (seeds, runs): mean +-
+    t_{(1+level)/2, n-1} s / sqrt(n). None for fewer than two values: one run has no
+    spread to estimate."""
+    from scipy import stats
+
+    v = _np(values).astype(np.float64).ravel()
+    if v.size < 2:
+        return None
+    half = float(stats.t.ppf((1 + level) / 2, v.size - 1)) * float(v.std(ddof=1)) / v.size**0.5
+    return float(v.mean()) - half, float(v.mean()) + half
