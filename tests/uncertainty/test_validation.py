@@ -31,6 +31,8 @@ def posterior(digits, digits_clip, tmp_path_factory):
         (lambda m: m.clear(), None, "is not a BayesVLM posterior description"),
         (None, lambda f: f["image.B"].fill_(float("inf")), "image.B holds NaN or infinite"),
         (None, lambda f: f.update({"image.A": f["image.A"][:, :-1].clone()}), "(64, 63)"),
+        (None, lambda f: f["image.A"].neg_(), "image.A is not positive semi-definite"),
+        (None, lambda f: f["text.B"][0].add_(1.0), "text.B is not symmetric"),
     ],
 )
 def test_damaged_posterior_files_are_refused(tmp_path, capsys, posterior, meta, tensors, match):

@@ -486,6 +486,7 @@ class BayesVLM:
                     raise InputError(
                         f"{folder / FACTORS_FILE}: factor {name} holds NaN or infinite values"
                     )
+                _check_psd(factor, f"{folder / FACTORS_FILE}: factor {name}")
             factors = kfac.KronFactors(
                 A.to(self.device, torch.float64),
                 B.to(self.device, torch.float64),
@@ -500,6 +501,22 @@ class BayesVLM:
                 )
         self.lambda_fitted = bool(meta.get("lambda_fitted", False))
         return self
+
+
+def _check_psd(factor: torch.Tensor, what: str) -> None:
+    """A K-FAC factor is a sum of outer products: symmetric and positive semi-definite.
+    Eigenvalues are clamped at 0 later (round-off), which would silently turn a damaged
+    factor into another posterior, so a clearly negative one is refused here."""
+    f = factor.double()
+    scale = float(f.abs().max())
+    if float((f - f.T).abs().max()) > 1e-8 * scale:
+        raise InputError(f"{what} is not symmetric; it is not a K-FAC factor")
+    smallest = float(torch.linalg.eigvalsh(f)[0])
+    if smallest < -1e-6 * scale:
+        raise InputError(
+            f"{what} is not positive semi-definite (smallest eigenvalue {smallest:.3g}); "
+            "it is not a K-FAC factor written by `lucid uncertainty fit`"
+        )
 
 
 def _cast(x: TowerInputs, dtype: torch.dtype) -> TowerInputs:
