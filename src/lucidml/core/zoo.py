@@ -336,9 +336,13 @@ def load_diffusion(name: str = DIFFUSION_DEFAULT, device: str = "cpu"):
         unet = UNet2DConditionModel.from_pretrained(path).to(device)
         return digits_diffusion.DigitsDiffusion(unet, vlm.to(device))
 
+    import diffusers
     from diffusers import DiffusionPipeline
 
     hub_offline(name)
+    _quiet_transformers()  # a pipeline's text encoder loads through transformers
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     try:
         pipe = DiffusionPipeline.from_pretrained(name)
     except (OSError, ValueError) as exc:

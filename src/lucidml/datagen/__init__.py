@@ -1,0 +1,1 @@
+"""LoFT: LoRA-fused training-data generation with few-shot guidance."""
