@@ -205,3 +205,16 @@ def test_fidelity_report_refuses_a_class_with_one_synthetic_row():
     x = np.random.default_rng(13).normal(size=(6, 2))
     with pytest.raises(InputError, match="class 1 has 1 synthetic rows"):
         fidelity_report(x, np.array([0, 0, 0, 1, 1, 1]), x[:4], np.array([0, 0, 0, 1]))
+
+
+def test_anchored_rate_finds_images_near_their_own_sources():
+    from lucidml.datagen.metrics import anchored_rate
+
+    shots = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]], dtype=torch.float64)
+    # each image sits next to its first source
+    fake = shots[[0, 1, 2, 3]] + 0.1
+    rate, chance = anchored_rate(fake, [(0, 1), (1, 2), (2, 3), (3, 0)], shots)
+    assert rate == 1.0 and chance == 0.5
+    # next to a shot that is not one of its sources
+    rate, _ = anchored_rate(fake, [(1, 2), (2, 3), (3, 0), (0, 1)], shots)
+    assert rate == 0.0

@@ -488,26 +488,15 @@ def evaluate_job(
     folder = claim(SYSTEM, out, cfg, **checks)
     clf = cfg.classifier.updated(device=device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
-    n_classes = len(names)
-    accuracy = {
-        "synthetic": ev.evaluate_seeds(
-            x_syn, y_syn, x_test, y_test, clf, seeds=seeds, n_classes=n_classes
-        )
-    }
+    common = {"seeds": seeds, "n_classes": len(names), "model": _classifier(cfg, names, device)}
+    accuracy = {"synthetic": ev.evaluate_seeds(x_syn, y_syn, x_test, y_test, clf, **common)}
     if shots is not None:
         accuracy["real_shots_only"] = ev.real_shots_baseline(
-            *shots, x_test, y_test, clf, seeds=seeds, n_classes=n_classes, synthetic_size=len(x_syn)
+            *shots, x_test, y_test, clf, synthetic_size=len(x_syn), **common
         )
         if cfg.with_shots:
             accuracy["synthetic_plus_shots"] = ev.evaluate_seeds(
-                x_syn,
-                y_syn,
-                x_test,
-                y_test,
-                clf,
-                real_shots=shots,
-                seeds=seeds,
-                n_classes=n_classes,
+                x_syn, y_syn, x_test, y_test, clf, real_shots=shots, **common
             )
     feats = {
         "real": image_features(cfg.encoder, x_test, device),
@@ -541,6 +530,21 @@ def evaluate_job(
     report.table(fidelity_rows({results["method"] or "synthetic": results}))
     report.save(folder)
     return folder
+
+
+def _classifier(cfg: EvaluateJobConfig, class_names: list[str], device: str):
+    """The classifier factory: None for evaluate's ConvNet, or the encoder as a CLIP
+    classifier (LoRA on q/v, cosine logits) prompted with ``a photo of a {class}``."""
+    if cfg.classifier_model == "convnet":
+        return None
+    from lucidml.core.zoo import load_vlm
+    from lucidml.datagen.evaluate import ClipClassifier
+
+    if cfg.encoder == "pixels":
+        raise InputError("classifier_model: clip needs a CLIP --encoder, not pixels")
+    vlm = load_vlm(cfg.encoder, device)
+    names = [c.replace("_", " ") for c in class_names]
+    return lambda: ClipClassifier(vlm, names)
 
 
 def _stored_config(run_folder: Path) -> dict:
@@ -638,8 +642,8 @@ def demo(
 
     out_dir = claim(SYSTEM, out_dir, overwrite=overwrite, resumable=False)
     dev = device or "auto"
-    loft_steps, dd_epochs = (150, 60) if quick else (600, 200)
-    per_class, ddim = (40, 20) if quick else (100, 50)
+    loft_steps, dd_epochs = (100, 40) if quick else (600, 200)
+    per_class, ddim = (20, 10) if quick else (100, 50)
     epochs = 15 if quick else 30
     fits = {
         "loft": fit_job(
@@ -671,8 +675,12 @@ def demo(
         )
         evaluated[method] = read_json(ev / "results.json")
         samples[method] = {c: x for c, (x, _) in read_generated(gen, per_class_max=4).items()}
+    anchored = anchoring(
+        fits["loft"], out_dir / "generate-loft", out_dir / "generate-plain", "digits-clip", dev
+    )
     results = {
         "quick": quick,
+        "anchoring": anchored,
         "settings": {
             "shots_per_class": 4,
             "loft_steps": loft_steps,
@@ -711,12 +719,55 @@ def demo(
     report.heading("Fidelity and diversity (digits-clip image features, k = 5)")
     report.table(fidelity_rows(evaluated))
     report.text(findings(results))
+    report.heading("Do LoFT's images come from their shots?")
+    report.text(
+        f"Of {anchored['n']} LoFT images, {100 * anchored['loft']:.1f}% have one of their two "
+        f"source shots as the nearest of their class's shots (digits-clip features; chance "
+        f"{100 * anchored['chance']:.1f}%); the plain-prompt image with the same seed and "
+        f"index scores {100 * anchored['control_same_seeds']:.1f}% against the same sources. "
+        f"The adapters change a pixel by {anchored['mean_abs_pixel_change']:.3f} on average "
+        "(pixels in [0, 1]) at equal seeds."
+    )
     report.figure(
         plots.methods_grid(samples, list(samples["loft"])),
         "methods",
         "4 images per class and method",
     )
     return report.save(out_dir)
+
+
+def anchoring(fit_folder: Path, loft: Path, control: Path, encoder: str, device: str) -> dict:
+    """Do LoFT's images resemble the two shots they were drawn from? Per class, the share
+    of images whose nearest shot (in ``encoder`` features) is one of its sources, against
+    chance, and against the ``control`` images of the same index and seed drawn without
+    adapters (plain prompts), scored with the same sources. Also the mean absolute pixel
+    change the adapters make at equal seeds."""
+    from lucidml.datagen.metrics import anchored_rate
+
+    manifest = read_manifest(fit_folder)
+    ours, theirs = read_generated(loft), read_generated(control)
+    hits = {"loft": 0.0, "control": 0.0}
+    chance_sum, n, change = 0.0, 0, 0.0
+    for c in manifest["classes"]:
+        x, rows = ours[c["name"]]
+        x_control, _ = theirs[c["name"]]
+        position = {f: i for i, f in enumerate(c["adapters"])}
+        sources = [[position[f] for f in r["adapters"]] for r in rows]
+        shot_images = load_images([fit_folder / f for f in c["shots"]], x.shape[1], x.shape[2])
+        shots = image_features(encoder, shot_images, device)
+        for name, images in (("loft", x), ("control", x_control[: len(x)])):
+            rate, chance = anchored_rate(image_features(encoder, images, device), sources, shots)
+            hits[name] += rate * len(x)
+        chance_sum += chance * len(x)
+        change += float((x - x_control[: len(x)]).abs().mean()) * len(x)
+        n += len(x)
+    return {
+        "n": n,
+        "loft": hits["loft"] / n,
+        "control_same_seeds": hits["control"] / n,
+        "chance": chance_sum / n,
+        "mean_abs_pixel_change": change / n,
+    }
 
 
 def known_answer(evaluated: dict) -> dict:
@@ -731,21 +782,36 @@ def known_answer(evaluated: dict) -> dict:
 
 
 def findings(results: dict) -> str:
-    """The demo's numbers as sentences; which method wins is measured, not asserted."""
-    acc = {m: r["accuracy"]["synthetic"]["mean"] for m, r in results["methods"].items()}
+    """The demo's numbers as sentences; which method wins is measured, not asserted. Each
+    synthetic set is compared with the real shots by the paired difference over seeds
+    (the same seeds train both) and its Student-t interval."""
+    from lucidml.core.metrics import t_interval
+
+    acc = {m: r["accuracy"]["synthetic"] for m, r in results["methods"].items()}
     shots = results["methods"]["loft"]["accuracy"].get("real_shots_only")
-    best = max(acc, key=acc.get)
+    best = max(acc, key=lambda m: acc[m]["mean"])
     parts = [
-        f"Best synthetic set: {best} ({100 * acc[best]:.1f}%); "
-        + ", ".join(f"{m} {100 * a:.1f}%" for m, a in acc.items())
-        + "."
+        f"Highest mean: {best}; "
+        + ", ".join(f"{m} {100 * a['mean']:.1f}%" for m, a in acc.items())
+        + f" (n = {acc[best]['n_test']} test images, {acc[best]['n_seeds']} seeds)."
     ]
-    if shots is not None:
-        verdict = "above" if acc["loft"] > shots["mean"] else "not above"
-        parts.append(
-            f"LoFT is {verdict} the 40 real shots alone ({100 * shots['mean']:.1f}%), the "
-            "simplest baseline a synthetic set has to beat."
+
+    def paired(a: dict, b: dict, what: str) -> str:
+        diffs = [x["test_acc"] - y["test_acc"] for x, y in zip(a["runs"], b["runs"], strict=True)]
+        ci = t_interval(diffs)
+        where = "n/a" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+        clear = ci is not None and (ci[0] > 0 or ci[1] < 0)
+        return (
+            f"{what}: {100 * sum(diffs) / len(diffs):+.1f} points, 95% interval {where} "
+            f"({'beyond' if clear else 'within'} seed noise)."
         )
+
+    if shots is not None:
+        for method, block in acc.items():
+            parts.append(paired(block, shots, f"{method} minus the 40 real shots alone"))
+    for method in acc:
+        if method != "loft":
+            parts.append(paired(acc["loft"], acc[method], f"loft minus {method}"))
     nd = results["methods"]["loft"]["fidelity_pooled"].get("near_duplicate_rate")
     if nd is not None:
         parts.append(

@@ -223,6 +223,14 @@ def evaluate(
             help="Image features for FD/PRDC: a CLIP model, or pixels.", show_default="digits-clip"
         ),
     ] = None,
+    classifier_model: Annotated[
+        str | None,
+        typer.Option(
+            "--classifier",
+            help="convnet (from scratch) | clip (the encoder with LoRA on q/v, cosine logits).",
+            show_default="convnet",
+        ),
+    ] = None,
     out: Out = None,
     config: ConfigFile = None,
     seed: Seed = None,
@@ -244,6 +252,7 @@ def evaluate(
         shots=str(shots) if shots is not None else None,
         seeds=seeds,
         encoder=encoder,
+        classifier_model=classifier_model,
         seed=seed,
         device=device,
     )

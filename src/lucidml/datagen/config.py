@@ -99,6 +99,9 @@ class EvaluateJobConfig(Config):
     shots: str | None = None  # the fit-loras folder; None: the one synthetic came from
     seeds: int = Field(3, ge=1)  # classifier seeds seed, seed + 1, ...
     classifier: ClassifierConfig = ClassifierConfig()
+    # convnet: a small ConvNet from scratch; clip: the encoder with LoRA on q/v of both
+    # towers and cosine logits (the paper's classifier; lr 1e-4 is its default)
+    classifier_model: Literal["convnet", "clip"] = "convnet"
     with_shots: bool = False  # also train on synthetic + shots (the lambda mix)
     encoder: str = "digits-clip"  # image features for FD, PRDC and near-duplicates
     prdc_k: int = Field(5, ge=1)

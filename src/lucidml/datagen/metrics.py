@@ -12,7 +12,7 @@ and computed in row chunks of bounded memory, so 20,000 x 20,000 sets fit in RAM
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -228,3 +228,19 @@ def fidelity_report(
             },
         }
     return report
+
+
+def anchored_rate(fake, sources: Sequence[Sequence[int]], shots) -> tuple[float, float]:
+    """Does an image resemble the shots it was generated from? The share of ``fake`` rows
+    whose nearest shot is one of its own ``sources`` (indices into ``shots``), and the
+    rate a random choice would give (mean of len(sources) / number of shots). LoFT's
+    premise is the first well above the second; with adapters that change nothing they
+    are equal."""
+    y, s = _features(fake, "fake", min_rows=1), _features(shots, "shots", min_rows=1)
+    _check_widths(y, s, "fake", "shots")
+    if len(sources) != len(y):
+        raise ShapeError(f"{len(y)} fake rows but {len(sources)} source lists")
+    nearest = torch.cat([d.argmin(1) for _, d in _distance_chunks(y, s)])
+    hits = [int(n) in set(src) for n, src in zip(nearest.tolist(), sources, strict=True)]
+    chance = sum(len(set(src)) for src in sources) / (len(sources) * len(s))
+    return sum(hits) / len(hits), chance
