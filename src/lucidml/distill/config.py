@@ -11,11 +11,14 @@ from lucidml.core.config import Config
 from lucidml.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+# (outer, inner) loops of the reference DC script per IPC
+REFERENCE_DC_LOOPS = {1: (1, 1), 10: (10, 50), 50: (50, 10)}
 DEFAULT_METHODS = ("random", "herding", "kcenter", "classmean", "dm", "dc", "noise")
 
 
 class ModelConfig(Config):
-    name: str = "convnet"  # convnet | mlp | any torchvision/timm name with [vision]
+    # convnet | resnet18 | resnet34 (BatchNorm) | mlp | any torchvision/timm name with [vision]
+    name: str = "convnet"
     depth: int = Field(3, ge=1)
     width: int = Field(128, ge=1)
     norm: Literal["instance", "batch", "none"] = "instance"
@@ -68,6 +71,9 @@ class RecipeConfig(Config):
     schedule: Literal["none", "step", "cosine", "cosine_ref"] = "step"
     step_every: int | None = None  # epochs between x0.1 decays; default epochs // 2
     eval_every: int = Field(10, ge=1)
+    # Students trained together at most (the batched engine); None: as many as keep the
+    # largest activation of a training batch under 2 GiB (trainer.default_max_group)
+    max_group: int | None = Field(None, ge=1)
 
 
 class RealRecipeConfig(RecipeConfig):
@@ -168,6 +174,28 @@ class DistillConfig(Config):
             dm_iterations=max(self.dm_iterations // 4, 1),
             dc_iterations=max(self.dc_iterations // 4, 1),
         )
+
+    def with_iterations(self, budget: str, ipc: int) -> DistillConfig:
+        """This config with the DM and DC budgets of ``budget`` (``--iterations``):
+        ``reference`` (DM 20,000 and DC 1,000 iterations, DC with batch_real 256 and the
+        reference's (outer, inner) loops at IPC 1, 10 and 50), ``cpu`` (the defaults: 200
+        and 40) or two counts ``DM,DC``."""
+        if budget == "reference":
+            loops = REFERENCE_DC_LOOPS.get(ipc, self.dc_outer_inner)
+            return self.updated(
+                dm_iterations=20_000, dc_iterations=1_000, dc_batch_real=256, dc_outer_inner=loops
+            )
+        if budget == "cpu":  # not updated(): that skips the None of dc_outer_inner
+            budgets = ("dm_iterations", "dc_iterations", "dc_batch_real", "dc_outer_inner")
+            cpu = DistillConfig().model_dump(include=set(budgets))
+            return DistillConfig.model_validate(self.model_dump() | cpu)
+        counts = budget.split(",")
+        if len(counts) != 2 or not all(c.strip().isdigit() and int(c) > 0 for c in counts):
+            raise ConfigError(
+                f"iterations must be 'reference', 'cpu' or two positive counts DM,DC, "
+                f"got '{budget}'"
+            )
+        return self.updated(dm_iterations=int(counts[0]), dc_iterations=int(counts[1]))
 
 
 def default_eval(dataset: str, labels: str) -> EvalConfig:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from lucidml.core.progress import get_logger
 from lucidml.core.runs import digest
 from lucidml.core.zoo import ImageDataset, load_digits
 from lucidml.errors import InputError, NotInstalledError, ShapeError
@@ -18,6 +20,10 @@ TORCHVISION_DATASETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 # Float images outside this range are not [0, 1] pixels (DSA and clipping leave a little
 # slack, so a small overshoot is accepted as it is).
 PIXEL_RANGE = (-0.05, 1.05)
+# Folders with at least this many images are decoded by DataLoader worker processes (for
+# fewer, starting the workers costs more than they save)
+PARALLEL_READ_FROM = 4096
+LOG = get_logger("distill")
 
 
 def data_hash(data: ImageDataset) -> str:
@@ -25,15 +31,43 @@ def data_hash(data: ImageDataset) -> str:
     return digest(data.train_x, data.train_y, data.test_x, data.test_y)
 
 
-def _read_image_folder(
-    root: Path,
-    size: tuple[int, int] | None,
-    channels: int | None,
-    class_names: tuple[str, ...] | None = None,
-):
-    """Images under root/<class>/*, as (N, C, H, W) floats in [0, 1] and labels."""
-    from PIL import Image
+class FolderImages(torch.utils.data.Dataset):
+    """The images of a folder with one sub-folder per class, read from disk one at a time:
+    each is converted to ``channels`` (1: grey, 3: RGB) and resized to ``size`` (H, W) as
+    it is read, so images of mixed sizes come out as one size. Items are (C, H, W) floats
+    in [0, 1] and the class index."""
 
+    def __init__(self, files: list[Path], labels: list[int], size: tuple[int, int], channels: int):
+        self.files, self.labels, self.size, self.channels = files, labels, size, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        file = self.files[i]
+        try:
+            with Image.open(file) as img:
+                img = img.convert("L" if self.channels == 1 else "RGB")
+                if img.size != (self.size[1], self.size[0]):
+                    img = img.resize((self.size[1], self.size[0]))
+                arr = np.asarray(img, dtype=np.float32) / 255.0
+        except (OSError, ValueError, SyntaxError) as exc:  # truncated or not an image
+            raise InputError(f"cannot read image {file}: {exc}") from None
+        pixels = torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1)
+        return pixels, self.labels[i]
+
+
+def folder_images(
+    root: Path,
+    class_names: tuple[str, ...] | None = None,
+    size: tuple[int, int] | None = None,
+    channels: int = 3,
+) -> tuple[FolderImages, tuple[str, ...]]:
+    """root/<class>/* as ``FolderImages`` and the class names (the sorted folder names
+    unless given). Images of another size than ``size`` (H, W) are resized; without
+    ``size``, all images must have one size, which is checked from their headers."""
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if not folders:
         raise InputError(
@@ -41,41 +75,76 @@ def _read_image_folder(
             "one sub-folder of images per class)"
         )
     names = class_names or tuple(p.name for p in folders)
-    xs, ys = [], []
+    files, labels = [], []
     for folder in folders:
         if folder.name not in names:
             raise InputError(
                 f"class folder '{folder.name}' in {root} is not a class of the "
                 f"dataset (expected one of: {', '.join(names)})"
             )
-        for file in sorted(folder.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                img = Image.open(file)
-                img = img.convert("L" if channels == 1 else "RGB")
-            except (OSError, ValueError, SyntaxError) as exc:  # truncated or not an image
-                raise InputError(f"cannot read image {file}: {exc}") from None
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]))
-            if xs and img.size != (xs[0].shape[2], xs[0].shape[1]):
-                first = f"{xs[0].shape[2]}x{xs[0].shape[1]}"
-                raise InputError(
-                    f"image folder {root} holds images of different sizes ({file.name} is "
-                    f"{img.size[0]}x{img.size[1]}, the first image is {first}); resize them "
-                    "to one size first"
-                )
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-            xs.append(torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1))
-            ys.append(names.index(folder.name))
-    if not xs:
+        found = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [names.index(folder.name)] * len(found)
+    if not files:
         raise InputError(f"image folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return torch.stack(xs), torch.tensor(ys), names
+    if size is None:  # the images' own size, which must then be one size
+        size = _one_size(root, files)
+    return FolderImages(files, labels, size, channels), names
 
 
-def load_dataset(name: str, root: str | Path | None = None) -> ImageDataset:
+def _one_size(root: Path, files: list[Path]) -> tuple[int, int]:
+    from PIL import Image
+
+    first = None
+    for file in files:
+        try:
+            with Image.open(file) as img:  # reads the header only
+                wh = img.size
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InputError(f"cannot read image {file}: {exc}") from None
+        first = first or (file, wh)
+        if wh != first[1]:
+            raise InputError(
+                f"image folder {root} holds images of different sizes ({file.name} is "
+                f"{wh[0]}x{wh[1]}, {first[0].name} is {first[1][0]}x{first[1][1]}); resize "
+                "them to one size first, or load the dataset with an image_size"
+            )
+    return first[1][1], first[1][0]
+
+
+def read_folder(images: FolderImages, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of ``images`` as tensors (N, C, H, W) and (N,), streamed from disk in batches
+    through a ``DataLoader`` into one preallocated tensor (worker processes decode large
+    folders)."""
+    workers = 0 if len(images) < PARALLEL_READ_FROM else min(8, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers)
+    x = torch.empty(len(images), images.channels, *images.size)
+    y = torch.empty(len(images), dtype=torch.long)
+    start = 0
+    try:
+        for xb, yb in loader:
+            x[start : start + len(xb)], y[start : start + len(xb)] = xb, yb
+            start += len(xb)
+    except InputError as exc:
+        lines = str(exc).strip().splitlines()
+        if len(lines) == 1:
+            raise
+        # re-raised from a worker, with the worker's traceback: keep its last line's sentence
+        raise InputError(lines[-1].split("InputError: ", 1)[-1]) from None
+    return x, y
+
+
+def load_dataset(
+    name: str, root: str | Path | None = None, image_size: int | None = None
+) -> ImageDataset:
     """``digits`` (embedded), ``cifar10``/``cifar100`` from a local torchvision copy, or an
-    image folder with ``train/<class>/`` and ``test/<class>/`` (Tiny-ImageNet, ImageNet)."""
+    image folder with ``train/<class>/`` and ``test/<class>/`` (Tiny-ImageNet, ImageNet).
+
+    A folder's images are streamed from disk through a ``DataLoader`` and resized: to
+    ``image_size`` x ``image_size`` when given (ImageNet's mixed sizes), else to the size of
+    the training images, which must then all have one size (test images of other sizes
+    are resized to it).
+    """
     if name == "digits":
         return load_digits()
     if name in TORCHVISION_DATASETS:
@@ -86,11 +155,10 @@ def load_dataset(name: str, root: str | Path | None = None) -> ImageDataset:
             f"unknown dataset '{name}': use digits, cifar10, cifar100, or a folder "
             "with train/<class>/ and test/<class>/ images (--data-root)"
         )
-    train_x, train_y, names = _read_image_folder(path / "train", None, None)
-    test_x, test_y, _ = _read_image_folder(
-        path / "test", tuple(train_x.shape[-2:]), train_x.shape[1], names
-    )
-    return ImageDataset(train_x, train_y, test_x, test_y, names, name=path.name)
+    size = None if image_size is None else (image_size, image_size)
+    train, names = folder_images(path / "train", size=size)
+    test, _ = folder_images(path / "test", names, train.size, train.channels)
+    return ImageDataset(*read_folder(train), *read_folder(test), names, name=path.name)
 
 
 def _torchvision_dataset(name: str, root: str | Path | None) -> ImageDataset:
@@ -171,9 +239,10 @@ def load_distilled(
                 f"--input-norm applies to tensor files; the images in folder {path} are "
                 "read as [0, 1] pixels already"
             )
-        x, y, _ = _read_image_folder(
-            path, tuple(data.train_x.shape[-2:]), data.train_x.shape[1], tuple(data.class_names)
+        images, _ = folder_images(
+            path, tuple(data.class_names), tuple(data.train_x.shape[-2:]), data.train_x.shape[1]
         )
+        x, y = read_folder(images)
         soft, scaling = None, "none"
     elif path.suffix in TENSOR_SUFFIXES:
         found = load_tensor_file(path)

@@ -4,10 +4,15 @@ A *group* is a set of students that share an architecture, a recipe and a traini
 size but may differ in data, learning rate and seed (e.g. the LR grid x ``num_eval``
 runs of one condition). ``train_batched`` stacks their parameters with
 ``torch.func.stack_module_state`` and takes every optimiser step for all of them with one
-``vmap``-ed forward/backward; ``train_sequential`` trains them one by one with
+grouped (or ``vmap``-ed) forward/backward; BatchNorm members keep their own batch statistics
+and running buffers (``models.stacked_forward``). ``train_sequential`` trains them one by one with
 ``lucidml.core.train.fit_classifier``. Each member owns its random streams (init, batch
 order, augmentation), so both engines consume identical random numbers and agree up to
 floating-point rounding.
+
+A group larger than ``recipe.max_group`` (default: as many members as keep the largest
+activation of a training batch under ``ACTIVATION_BUDGET``) is trained as consecutive
+groups of at most that many members (``group_sizes``).
 
 Both engines take ``device``: members' data, the test and validation splits and the
 stacked parameters are moved there once; random draws stay on CPU generators, so a seed
@@ -29,10 +34,13 @@ from lucidml.core.progress import track
 from lucidml.core.runs import derive_seed
 from lucidml.core.train import TrainConfig, fit_classifier
 from lucidml.distill.config import RecipeConfig
-from lucidml.distill.models import stacked_forward
+from lucidml.distill.models import can_stack, stacked_forward
 from lucidml.errors import ConfigError
 
 Split = tuple[torch.Tensor, torch.Tensor]
+# The largest activation (all members, one float32 training batch) a default group may hold:
+# autograd keeps every layer's activation, so a group's peak memory is several times this.
+ACTIVATION_BUDGET = 2 * 2**30
 
 
 @dataclass
@@ -95,18 +103,44 @@ def lr_factor(recipe: RecipeConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def _evaluate_stacked(base, params, x, y, chunk=512) -> torch.Tensor:
+def largest_activation(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """The most elements any layer of ``model`` outputs for one image of ``image_shape``."""
+    probe = copy.deepcopy(model).eval()  # eval: the probe must not move BatchNorm buffers
+    sizes = []
+    for m in probe.modules():
+        if not list(m.children()):
+            m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+    with torch.no_grad():
+        probe(torch.zeros(1, *image_shape, dtype=next(probe.parameters()).dtype))
+    return max(sizes, default=1)
+
+
+def default_max_group(
+    model: nn.Module, image_shape: tuple[int, ...], batch_size: int, budget: int = ACTIVATION_BUDGET
+) -> int:
+    """Members per group such that the largest float32 activation of a training batch of
+    ``batch_size`` images, over all members, stays within ``budget`` bytes."""
+    per_member = largest_activation(model, image_shape) * batch_size * 4
+    return max(1, budget // per_member)
+
+
+def group_sizes(n: int, max_group: int) -> list[int]:
+    """Sizes of the consecutive groups ``n`` members are trained in: at most ``max_group``."""
+    return [min(max_group, n - start) for start in range(0, n, max_group)]
+
+
+def _evaluate_stacked(base, params, buffers, x, y, chunk=512) -> torch.Tensor:
     """Accuracy of every stacked member on (x, y), which live on the members' device."""
     correct = torch.zeros(len(next(iter(params.values()))), device=x.device)
     with torch.no_grad():
         for i in range(0, len(x), chunk):
-            pred = stacked_forward(base, params, x[i : i + chunk]).argmax(-1)
+            pred = stacked_forward(base, params, x[i : i + chunk], buffers).argmax(-1)
             correct += (pred == y[i : i + chunk]).sum(1)
     return (correct / max(len(x), 1)).cpu()
 
 
 @torch.no_grad()
-def _checkpoint(base, params, test: Split, val: Split | None, best_val: torch.Tensor):
+def _checkpoint(base, params, buffers, test: Split, val: Split | None, best_val: torch.Tensor):
     """Each member's accuracies at an evaluation epoch.
 
     With a validation split, ``select`` can only choose a member's checkpoint whose
@@ -115,15 +149,17 @@ def _checkpoint(base, params, test: Split, val: Split | None, best_val: torch.Te
     of the evaluation cost. ``best_val`` is updated in place.
     """
     if val is None:
-        return [{"test_acc": float(a)} for a in _evaluate_stacked(base, params, *test)]
-    val_acc = _evaluate_stacked(base, params, *val)
+        return [{"test_acc": float(a)} for a in _evaluate_stacked(base, params, buffers, *test)]
+    val_acc = _evaluate_stacked(base, params, buffers, *val)
     improved = torch.nonzero(val_acc > best_val).flatten()
     best_val.copy_(torch.maximum(best_val, val_acc))
     records = [{"val_acc": float(a)} for a in val_acc]
     if len(improved):
         index = improved.to(test[0].device)
         subset = {k: v[index] for k, v in params.items()}
-        for g, acc in zip(improved.tolist(), _evaluate_stacked(base, subset, *test), strict=True):
+        subset_buffers = {k: v[index] for k, v in buffers.items()}
+        accs = _evaluate_stacked(base, subset, subset_buffers, *test)
+        for g, acc in zip(improved.tolist(), accs, strict=True):
             records[g]["test_acc"] = float(acc)
     return records
 
@@ -193,19 +229,31 @@ def train_batched(
     val: Split | None = None,
     device: str = "cpu",
 ) -> list[Fitted]:
-    """Train every member together with vmap; see the module docstring. With ``val``,
-    histories hold the test accuracy only at checkpoints ``select(..., "val")`` can pick."""
+    """Train every member together; see the module docstring. With ``val``, histories
+    hold the test accuracy only at checkpoints ``select(..., "val")`` can pick."""
     n = _check_group(members)
-    models = [init_model(model_fn, m.seed) for m in members]
-    if any(True for _ in models[0].buffers()):
+    first = init_model(model_fn, members[0].seed)
+    if not can_stack(first):
         raise ConfigError(
-            "the batched engine needs a model without buffers (e.g. no BatchNorm); "
-            "use engine 'sequential'"
+            f"the batched engine cannot stack {type(first).__name__}, which keeps buffers "
+            "(e.g. BatchNorm statistics); use engine 'sequential' or a built-in convnet/resnet"
         )
-    params, _ = stack_module_state(models)
+    cap = recipe.max_group or default_max_group(
+        first, tuple(members[0].x.shape[1:]), min(n, recipe.batch_size)
+    )
+    if len(members) > cap:
+        args = (model_fn, recipe, loss, augment, teacher, test, val, device)
+        starts = range(0, len(members), cap)
+        return [f for s in starts for f in train_batched(members[s : s + cap], *args)]
+    models = [first] + [init_model(model_fn, m.seed) for m in members[1:]]
+    params, buffers = stack_module_state(models)
     params = {k: v.detach().to(device).requires_grad_() for k, v in params.items()}
+    buffers = {k: v.detach().to(device) for k, v in buffers.items()}
     base = copy.deepcopy(models[0]).to(device)
-    opt = _Optimizer(params, torch.tensor([m.lr for m in members], device=device), recipe)
+    # in the parameters' dtype: float64 students get their LR exactly, as from torch.optim
+    dtype = next(iter(params.values())).dtype
+    lrs = torch.tensor([m.lr for m in members], dtype=dtype, device=device)
+    opt = _Optimizer(params, lrs, recipe)
     data = [(m.x.to(device), _packed(m).to(device)) for m in members]
     width, with_labels = members[0].targets.shape[-1], members[0].labels is not None
     test, val = _on(device, test), _on(device, val)
@@ -231,7 +279,7 @@ def train_batched(
             if teacher is not None:
                 with torch.no_grad():
                     tb = teacher(xb.flatten(0, 1)).view(*xb.shape[:2], -1)
-            logits = stacked_forward(base, params, xb)
+            logits = stacked_forward(base, params, xb, buffers, training=True)
             # Every loss is a batch mean, so G x the mean over all G*B rows is the sum of
             # the members' losses, whose gradient is each member's own gradient.
             flat_labels = None if yb is None else yb.flatten(0, 1)
@@ -246,11 +294,12 @@ def train_batched(
             step += 1
         if _is_eval_epoch(recipe, epoch):
             for f, record in zip(
-                fitted, _checkpoint(base, params, test, val, best_val), strict=True
+                fitted, _checkpoint(base, params, buffers, test, val, best_val), strict=True
             ):
                 f.history.append({"epoch": epoch, **record})
     for g, f in enumerate(fitted):
-        f.state = {k: v[g].detach().to("cpu", copy=True) for k, v in params.items()}
+        state = params | buffers
+        f.state = {k: state[k][g].detach().to("cpu", copy=True) for k in base.state_dict()}
     return fitted
 
 
@@ -335,10 +384,10 @@ ENGINES = {"batched": train_batched, "sequential": train_sequential}
 
 
 def pick_engine(name: str, model_fn: Callable[[], nn.Module]) -> Callable:
-    """``auto`` batches unless the model keeps buffers (BatchNorm running statistics)."""
+    """``auto`` batches every model the batched engine can stack (``models.can_stack``):
+    built-in ConvNets and ResNets with any norm, and models without buffers."""
     if name == "auto":
-        has_buffers = any(True for _ in model_fn().buffers())
-        name = "sequential" if has_buffers else "batched"
+        name = "batched" if can_stack(model_fn()) else "sequential"
     return ENGINES[name]
 
 
