@@ -236,3 +236,21 @@ def test_an_explicit_hard_regime_ignores_soft_labels_in_the_file(
     plain = ["distill", "score", "--images", str(tmp_path / "plain.pt"), "--preset"]
     assert run_cli([*plain, str(tiny_preset), "--out", str(tmp_path / "p"), "-q"], capsys)[0] == 0
     assert json.loads((tmp_path / "p" / "results.json").read_text())["runs"] == results["runs"]
+
+
+def test_ipc_is_checked_on_the_training_split_after_the_validation_hold_out(
+    digits, tmp_path, capsys
+):
+    # issue 15, item 4: digits' smallest class has 131 training images, 118 once the
+    # validation split is held out; IPC 125 passed the old check, trained teachers and
+    # wrote config.yaml before failing
+    out = tmp_path / "run"
+    code, _, err = run_cli(["distill", "rank", "--ipc", "125", "--out", str(out)], capsys)
+    assert code == 2 and not out.exists()  # before teachers, before config.yaml
+    assert "IPC 125" in err and "(118 training images)" in err, err
+    x = torch.cat([digits.train_x[digits.train_y == c][:125] for c in range(10)])
+    images = tmp_path / "ipc125.pt"
+    torch.save({"images": x, "labels": torch.arange(10).repeat_interleave(125)}, images)
+    code, _, err = run_cli(["distill", "score", "--images", str(images), "--out", str(out)], capsys)
+    assert code == 2 and not out.exists()
+    assert "IPC 125 for class" in err and "training images" in err, err

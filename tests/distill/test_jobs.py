@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from distill_fixtures import run_cli, tiny_rank
@@ -113,6 +114,10 @@ def test_resume_reuses_exactly_the_unchanged_items(tmp_path, capsys):
     # other methods: the sets are kept; the groups differ, so the set cells are recomputed
     fewer, items = rank("--resume", "--methods", "random,noise")
     assert sorted(fewer["methods"]) == ["noise", "random"] and items == (4, 4)
+    # the contract: rows for exactly the new methods, in every output
+    assert sorted(row["method"] for row in fewer["leaderboard"]) == ["noise", "random"]
+    runs = pd.read_parquet(tmp_path / "r" / "runs.parquet")
+    assert sorted(set(runs["method"])) == ["noise", "random"] and len(runs) == 4
     # one more run: the first two runs' cells are reused (their keys omit num_eval)
     more, items = rank("--resume", "--num-eval", "3")
     assert items == (11, 4)

@@ -18,7 +18,8 @@ from lucidml.distill.cells import CellJob, Workspace, distilled_sets, set_key
 from lucidml.distill.config import EvalConfig, RankConfig, ScoreConfig
 from lucidml.distill.data import class_counts, load_dataset, load_distilled
 from lucidml.distill.evaluate import Evaluator
-from lucidml.distill.plots import leaderboard_caption, leaderboard_figure, soft_vs_hard_figure
+from lucidml.distill.plots import soft_vs_hard_figure
+from lucidml.distill.report import RUNS_FILE, add_section, recipe_summary, runs_table, write_runs
 from lucidml.errors import InputError
 
 LOG = get_logger("distill")
@@ -92,6 +93,7 @@ def rank(
     if results is None:
         return None
     results["env"] = environment(device, evaluator.cfg.seed)
+    write_runs(run / RUNS_FILE, _runs(results, cfg.dataset))
     run.write_results(results)
     rep = Report(f"DD-Ranking leaderboard: {cfg.dataset}, IPC {cfg.ipc}, {cfg.labels} labels")
     _leaderboard_section(rep, results, evaluator.cfg)
@@ -123,6 +125,7 @@ def _rank(cfg: RankConfig, evaluator: Evaluator, work: Workspace) -> dict | None
         if evaluator.cfg.labels == "soft"
         else None,
         "quick": cfg.quick,
+        "recipe": recipe_summary(evaluator.cfg, evaluator.acc_real_hard),
         "acc_real_hard": evaluator.acc_real_hard,
         "methods": scored,
         "leaderboard": leaderboard(scored),
@@ -133,18 +136,13 @@ def _rank(cfg: RankConfig, evaluator: Evaluator, work: Workspace) -> dict | None
 
 def _leaderboard_section(rep: Report, results: dict, cfg: EvalConfig) -> None:
     ipc, labels = results["ipc"], results["labels"]
-    rep.heading(f"IPC {ipc}, {labels} labels")
-    rep.text(
-        f"{cfg.num_eval} runs, learning rates {cfg.lr_grid}, {cfg.recipe.epochs} epochs, "
-        f"selection on the {'validation split' if cfg.selection == 'val' else 'test set (optimistic)'}; "
-        f"real-data accuracy {results['acc_real_hard']:.4f}."
-    )
-    rep.table(results["leaderboard"])
-    rep.figure(
-        leaderboard_figure(results["methods"], f"IPC {ipc}, {labels} labels"),
-        f"leaderboard_ipc{ipc}_{labels}",
-        leaderboard_caption(results["methods"]),
-    )
+    title = f"IPC {ipc}, {labels} labels"
+    add_section(rep, results["methods"], cfg, results["recipe"], title, f"ipc{ipc}_{labels}")
+
+
+def _runs(results: dict, dataset: str) -> list[dict]:
+    """A leaderboard's per-run rows for ``runs.parquet``."""
+    return runs_table(results["methods"], dataset=dataset, ipc=results["ipc"])
 
 
 def score(
@@ -201,9 +199,14 @@ def score(
         else None,
         "items": items,
     }
+    result["recipe"] = recipe_summary(
+        evaluator.cfg, evaluator.acc_real_hard, teacher_files=len(cfg.teachers)
+    )
     result["env"] = environment(device, evaluator.cfg.seed)
+    name = Path(cfg.images).name
+    write_runs(run / RUNS_FILE, runs_table({name: scored["syn"]}, dataset=cfg.dataset))
     run.write_results(result)
-    rep = Report(f"DD-Ranking score: {Path(cfg.images).name} on {cfg.dataset}")
+    rep = Report(f"DD-Ranking score: {name} on {cfg.dataset}")
     mode = f", mode {result['soft_label_mode']}" if result["soft_label_mode"] else ""
     rep.text(
         f"{result['label_regime'].capitalize()} labels{mode}; distilled pixels "
@@ -213,26 +216,7 @@ def score(
             else f"brought to [0, 1] by {input_scaling}."
         )
     )
-    rep.table(
-        [
-            {
-                "LRS": f"{result['lrs_mean']:.4f} ± {result['lrs_std']:.4f}",
-                "ARS": f"{result['ars_mean']:.4f} ± {result['ars_std']:.4f}",
-                "HLR": result["hlr_mean"],
-                "IOR": result["ior_mean"],
-                "acc syn": result["acc_syn_mean"],
-                "acc random": result["acc_rdm_mean"],
-                "acc real": result["acc_real_hard_mean"],
-            }
-        ]
-    )
-    rep.heading("Runs")
-    rep.table(
-        [
-            {k: v for k, v in r.items() if k not in ("selection", "optimistic")}
-            for r in result["runs"]
-        ]
-    )
+    add_section(rep, {name: scored["syn"]}, evaluator.cfg, result["recipe"], "Scores", "score")
     rep.save(run.path)
     result["out"] = str(run.path)
     return result
@@ -253,9 +237,10 @@ def demo(
         "Each distiller's set is scored against random real subsets with the same images "
         "per class, under a hard-label recipe (DSA) and a soft-label recipe (the teacher "
         "relabels every augmented batch, KL loss, CutMix). LRS and ARS lie in [0, 1]; "
-        "the dashed lines in each figure are the scores of the random method itself, the "
-        "level a distilled set must beat (1/(1+e) ≈ 0.269 only when the set also matches "
-        "full-data accuracy)."
+        "the dashed lines in each score figure are the scores of the random method itself, "
+        "the level a distilled set must beat (1/(1+e) ≈ 0.269 only when the set also matches "
+        "full-data accuracy). Each leaderboard opens with its recipe; `runs.parquet` holds "
+        "every run of every leaderboard."
     )
     if quick:
         rep.text(
@@ -272,12 +257,18 @@ def demo(
         _leaderboard_section(rep, boards[f"ipc{ipc}_{labels}"], evaluator.cfg)
     rep.heading("Soft labels close the gap")
     rep.figure(
-        soft_vs_hard_figure(boards),
+        soft_vs_hard_figure(
+            boards["ipc10_hard"]["methods"], boards["ipc10_soft"]["methods"], "IPC 10 on digits"
+        ),
         "soft_vs_hard",
-        "Student accuracy on each distilled set under hard and soft labels at IPC 10; "
-        "the line is the full-data accuracy.",
+        "Student accuracy on each distilled set under the hard-label recipe and the "
+        "soft-label recipe at IPC 10; the dashed line is the full-data accuracy.",
     )
     rep.text(_gap_sentence(boards))
+    write_runs(
+        out_dir / RUNS_FILE,
+        [row for board in boards.values() for row in _runs(board, "digits")],
+    )
     write_json(
         out_dir / "results.json",
         {"quick": quick, "settings": boards, "env": environment(device, cfg.eval.seed)},

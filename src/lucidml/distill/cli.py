@@ -151,6 +151,7 @@ def rank(
 def _report(result: dict) -> None:
     items = result["items"]
     typer.echo(f"items: {items['reused']} reused, {items['computed']} computed")
+    typer.echo(f"per-run rows: {Path(result['out']) / 'runs.parquet'}")
     typer.echo(f"report: {Path(result['out']) / 'report.html'}")
 
 

@@ -37,7 +37,11 @@ from lucidml.distill.data import (
 )
 from lucidml.distill.losses import LOSSES, LOSSES_READING_LABELS
 from lucidml.distill.models import build_model
-from lucidml.distill.scores import augmentation_robust_score, label_robust_score
+from lucidml.distill.scores import (
+    augmentation_robust_score,
+    label_robust_score,
+    paired_difference,
+)
 from lucidml.distill.teachers import TeacherEnsemble, cache_dir, load_or_train, load_teacher_files
 from lucidml.distill.trainer import Member, pick_engine, select
 from lucidml.errors import InputError
@@ -335,26 +339,33 @@ class Evaluator:
         cfg = self.cfg
         out = {}
         for name, per_run in syn.items():
-            rows = []
-            for r, (picks, rdm_picks) in enumerate(zip(per_run, rdm, strict=True)):
-                acc = {k: v["acc"] for k, v in (picks | rdm_picks).items()}
-                rows.append(self._row(r, acc, picks["syn"]["lr"], rdm_picks["rdm"]["lr"]))
-            out[name] = summarize(rows) | {
-                "labels": cfg.labels,
-                "soft_label_mode": cfg.soft_label_mode if cfg.labels == "soft" else None,
-                "ipc": counts,
-                "num_eval": cfg.num_eval,
-                "selection": cfg.selection,
-                "optimistic": cfg.selection == "test",
-                "data_hash": self.data_key,
-                "recipe_hash": recipe_hash(cfg),
-                "version": __version__,
-                "runs": rows,
-            }
+            rows = [
+                self._row(r, picks | rdm_picks)
+                for r, (picks, rdm_picks) in enumerate(zip(per_run, rdm, strict=True))
+            ]
+            out[name] = (
+                summarize(rows)
+                | paired_differences(rows, cfg.labels)
+                | {
+                    "labels": cfg.labels,
+                    "soft_label_mode": cfg.soft_label_mode if cfg.labels == "soft" else None,
+                    "ipc": counts,
+                    "num_eval": cfg.num_eval,
+                    "selection": cfg.selection,
+                    "optimistic": cfg.selection == "test",
+                    "data_hash": self.data_key,
+                    "recipe_hash": recipe_hash(cfg),
+                    "version": __version__,
+                    "runs": rows,
+                }
+            )
         return out
 
-    def _row(self, r: int, acc: dict, lr_syn: float, lr_rdm: float) -> dict:
+    def _row(self, r: int, picks: dict[str, dict]) -> dict:
+        """Run r's row from its selected checkpoints ({condition: pick}): accuracies,
+        scores, and the learning rate and epoch selected in each condition."""
         cfg = self.cfg
+        acc = {k: v["acc"] for k, v in picks.items()}
         lrs = label_robust_score(
             self.acc_real_hard, acc["syn_hard"], acc["syn"], acc["rdm"], lam=cfg.lrs_lambda
         )
@@ -376,15 +387,41 @@ class Evaluator:
             "ior": lrs["ior"],
             "lrs": lrs["lrs"],
             "ars": ars["ars"],
-            "lr_syn": lr_syn,
-            "lr_rdm": lr_rdm,
+            # the paired differences syn - rdm of this run (gap_aug is IOR)
+            "gap_aug": ars["gap_aug"],
+            "gap_noaug": ars["gap_noaug"],
+            # per condition (syn_hard, syn, syn_noaug, rdm, rdm_noaug)
+            **{f"lr_{c}": pick["lr"] for c, pick in picks.items()},
+            **{f"epoch_{c}": pick["epoch"] for c, pick in picks.items()},
             "selection": cfg.selection,
             "optimistic": cfg.selection == "test",
         }
 
 
+def paired_differences(rows: list[dict], labels: str) -> dict:
+    """The per-run differences a reviewer checks, paired over the runs' seeds, each with
+    its mean, 95% Student-t interval and n: ``syn_minus_rdm`` with augmentation (IOR) and
+    without, and, under soft labels, ``soft_minus_hard`` (the set's soft-label accuracy
+    minus its hard-label one; None under hard labels, where the two are one condition)."""
+
+    def column(key: str) -> list[float]:
+        return [r[key] for r in rows]
+
+    return {
+        "syn_minus_rdm": {
+            "aug": paired_difference(column("acc_syn_aug"), column("acc_rdm_aug")),
+            "noaug": paired_difference(column("acc_syn_noaug"), column("acc_rdm_noaug")),
+        },
+        "soft_minus_hard": paired_difference(column("acc_syn"), column("acc_syn_hard"))
+        if labels == "soft"
+        else None,
+    }
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Mean and (population) std over runs of every score and accuracy."""
+    """Mean and std over runs of every score and accuracy. The std is the population
+    std (ddof 0), the spread of the runs shown; the intervals of ``paired_differences``
+    use the sample std."""
     out = {}
     for key in ROW_KEYS:
         values = np.array([r[key] for r in rows], dtype=float)

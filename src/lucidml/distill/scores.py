@@ -2,11 +2,14 @@
 
 Both map a difference of accuracies d in [-1, 1] through
 ``(e^d - e^-1) / (e - e^-1)``, a monotone map onto [0, 1] with 1/(1+e) at d = 0.
+``paired_difference`` gives the mean of per-run differences with its Student-t interval.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from lucidml.errors import InputError
 
@@ -73,3 +76,23 @@ def augmentation_robust_score(
     gap_aug, gap_noaug = syn_a - rdm_a, syn_n - rdm_n
     beta = gamma * gap_aug + (1.0 - gamma) * gap_noaug
     return {"gap_aug": gap_aug, "gap_noaug": gap_noaug, "beta": beta, "ars": score_map(beta)}
+
+
+def paired_difference(a, b, confidence: float = 0.95) -> dict:
+    """Mean of the paired differences d_r = a_r - b_r over runs, with a Student-t interval.
+
+    Run r of ``a`` and of ``b`` share a seed (the same initialisation, batch order and
+    augmentation draws), so the runs pair and the interval is
+    mean(d) +- t_{(1+confidence)/2, n-1} * s_d / sqrt(n), with s_d the sample std of d.
+    A single run has no spread to estimate: ``low`` and ``high`` are then None.
+    """
+    from lucidml.core.metrics import t_interval
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise InputError(
+            f"paired differences need two non-empty lists of equal length, got {a.shape} and {b.shape}"
+        )
+    d = a - b
+    low, high = t_interval(d, confidence) or (None, None)
+    return {"mean": float(d.mean()), "low": low, "high": high, "n": int(d.size)}
