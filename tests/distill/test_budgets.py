@@ -41,3 +41,15 @@ def test_dm_and_dc_run_their_budget(digits, monkeypatch, method, expected):
     x, y = baselines.distill(method, digits.train_x, digits.train_y, 1, seed=0, cfg=cfg)
     assert len(nets) == expected  # one fresh network per iteration
     assert x.shape == (10, 1, 8, 8) and sorted(y.tolist()) == list(range(10))
+
+
+def test_rank_takes_iterations_from_the_command_line(monkeypatch, tmp_path):
+    from lucidml.cli import main
+    from lucidml.distill import api
+
+    seen = {}
+    monkeypatch.setattr(api, "rank", lambda cfg, **kw: seen.setdefault("cfg", cfg) and None)
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", "rank", "--iterations", "30,7", "--out", str(tmp_path / "r")])
+    assert exc.value.code in (0, None)
+    assert (seen["cfg"].distill.dm_iterations, seen["cfg"].distill.dc_iterations) == (30, 7)

@@ -111,6 +111,14 @@ def rank(
     preset: Preset = None,
     model: Model = None,
     data_root: DataRoot = None,
+    iterations: Annotated[
+        str | None,
+        typer.Option(
+            "--iterations",
+            help="DM and DC budgets: 'DM,DC' counts, 'reference' (20000 and 1000) or 'cpu'.",
+            show_default="cpu (200, 40)",
+        ),
+    ] = None,
     quick: JobQuick = None,
     out: Out = None,
     config: ConfigFile = None,
@@ -140,6 +148,8 @@ def rank(
     cfg = cfg.with_eval(
         model=model, num_eval=num_eval, selection=selection, seed=seed, device=device
     )
+    if iterations is not None:
+        cfg = cfg.updated(distill=cfg.distill.with_iterations(iterations, cfg.ipc))
     result = api.rank(cfg, out=out, resume=resume, overwrite=overwrite)
     if result is None:  # another process of a multi-process launch: the main one reports
         return
