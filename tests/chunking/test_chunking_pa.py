@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from chunking_helpers import CHUNKS, lm_states
+from chunking_helpers import CHUNKS, byte_bpe_tokenizer, lm_states, planted_rows
 
 from lucidml.chunking import pa
 from lucidml.errors import InputError
@@ -96,6 +96,37 @@ def test_sub_tokens_label_the_last_piece_and_do_not_match_inside_other_words():
     assert pos.tolist() == [3] and ids[3] == 2  # "##cake" after "cheese"; pancake gets none
 
 
+def _labelled(tok, text, word):
+    ids = np.array([tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]])
+    pos = pa.word_positions(tok, ids, np.zeros(len(ids), int), word)
+    return pos.tolist(), tok.convert_ids_to_tokens(ids.tolist())
+
+
+def test_byte_level_bpe_labels_respect_word_boundaries():
+    tok = byte_bpe_tokenizer(["dog", "hot", "rain", "G", "D", "coffee", "house", "and", "a"])
+    pos, pieces = _labelled(tok, "hotdog and a dog", "dog")
+    assert pieces[1:3] == ["hot", "dog"]  # the tokenizer does split "hotdog" as feared
+    assert pos == [5] and pieces[5] == "\u0120dog"  # one "dog": the standalone one
+    pos, pieces = _labelled(tok, "Grain and Drain", "rain")
+    assert pieces[2] == "rain" and pos == []  # "G"+"rain", "ĠD"+"rain": no "rain"
+    pos, pieces = _labelled(tok, "rain and a coffeehouse coffee.", "coffee")
+    assert pieces[4:6] == ["\u0120coffee", "house"] and pos == [6]  # "coffee" before "."
+    assert _labelled(tok, "rain and a coffeehouse coffee.", "rain")[0] == [1]  # text start
+    assert _labelled(tok, '"dog" and a dog', "dog")[0] == [2, 6]  # after a quote mark
+
+
+def test_wordpiece_continuations_do_not_end_a_word():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "[CLS]": 1, "cheese": 2, "##cake": 3, "i": 4, "like": 5}
+    raw = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", bos_token="[CLS]")
+    pos, pieces = _labelled(tok, "i like cheesecake i like cheese", "cheese")
+    assert pieces[3:5] == ["cheese", "##cake"] and pos == [7]
+
+
 def test_variants_are_built_from_the_whole_word():
     assert pa.word_variants("Cheesecake") == [
         "Cheesecake",
@@ -155,3 +186,101 @@ def test_a_template_survives_its_json_round_trip_exactly():
     assert (back.theta, back.tau, back.n_occurrences) == (t.theta, t.tau, t.n_occurrences)
     assert np.array_equal(back.train_positions, t.train_positions)
     assert np.array_equal(back.score(H), t.score(H))
+
+
+def test_validated_theta_beats_the_max_of_five_on_held_out_planted_gaussians():
+    tprs_paper, tprs_val, fprs = [], [], []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        (H, pos), (Hv, pv), (Ht, pt) = (planted_gaussians(rng) for _ in range(3))
+        paper = pa.fit(H, pos, tau=0.2, seed=seed)
+        t = pa.fit_validated(H, pos, Hv, pv, seed=seed)
+        assert t.mask[:10].all()  # the planted dims are always kept
+        m = pa.detection_metrics(t.detect(Ht), pt)
+        tprs_paper.append(pa.detection_metrics(paper.detect(Ht), pt)["tpr"])
+        tprs_val.append(m["tpr"])
+        fprs.append(m["fpr"])
+    # theta chosen on validation lets through what the max of 5 deviations misses
+    assert np.mean(tprs_val) > 0.9 > 0.7 > np.mean(tprs_paper)
+    assert max(fprs) <= 0.01
+
+
+def test_youden_threshold_by_hand():
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.9])
+    t, j = pa.youden_threshold(scores, [3, 4, 1])
+    assert t == pytest.approx(0.4) and j == pytest.approx(1.0)  # >= 0.4 splits them exactly
+    t, j = pa.youden_threshold(scores, [0, 4])  # best cut keeps 0.9: TPR 1/2, FPR 0
+    assert j == pytest.approx(0.5)
+    assert pa.youden_threshold(scores, [])[0] == float("inf")
+
+
+def test_baselines_by_hand():
+    H = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 0.0], [2.0, 4.0], [9.0, 9.0]])
+    # rows 1, 3 labelled; row 4 excluded: (2.5, 3) - (0.5, 0)
+    assert pa.mean_difference(H, [1, 3], exclude=[4]).tolist() == [2.0, 3.0]
+    ident = pa.token_identity([5, 7, 5, 8], [1, 3], [7, 8, 5, 9, 7])
+    assert ident.tolist() == [True, True, False, False, True]
+    m = pa.rate_intervals(pa.detection_metrics(np.array([1, 1, 0, 0], bool), [0, 2]))
+    from lucidml.core.metrics import wilson_interval
+
+    assert (m["tpr_low"], m["tpr_high"]) == pytest.approx(wilson_interval(1, 2), abs=1e-4)
+    assert m["n_pos"] == 2 and m["n_neg"] == 2
+
+
+def test_a_logistic_probe_finds_a_planted_shift():
+    rng = np.random.default_rng(0)
+
+    def shifted():
+        H = rng.normal(size=(2000, 64))
+        pos = np.sort(rng.choice(2000, 50, replace=False))
+        H[pos, :10] += 3.0  # linearly separable, unlike PA's planted point
+        return H, pos
+
+    (H, pos), (H2, pos2) = shifted(), shifted()
+    probe = pa.logistic_probe(H, pos)
+    t, _ = pa.youden_threshold(probe.decision_function(H), pos)
+    m = pa.detection_metrics(probe.decision_function(H2) >= t, pos2)
+    assert m["tpr"] >= 0.9 and m["fpr"] <= 0.02
+
+
+@pytest.fixture(scope="module")
+def stray_lm():
+    """Like ``chunk_lm``, but token 31 (the middle of chunk 30 31 32) also occurs alone,
+    so predicting what follows it needs its context: 32 inside the chunk, noise outside."""
+    from lucidml.testing import tiny_llama
+
+    model, tok = tiny_llama(words=[f"w{i}" for i in range(37)], hidden_size=64, num_layers=2)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        x = planted_rows(16, 64, rng, stray=31, p_stray=0.05)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _inside_outside(model, seed: int):
+    rows = planted_rows(40, 64, np.random.default_rng(seed), stray=31, p_stray=0.05)
+    with torch.no_grad():
+        hs = model(input_ids=rows, output_hidden_states=True).hidden_states
+    flat = rows.flatten().numpy()
+    inside = pa.match_positions(flat, np.repeat(np.arange(40), 64), [(30, 31)])
+    outside = np.setdiff1d(np.flatnonzero(flat == 31), inside)
+    return [h.reshape(-1, 64) for h in hs], inside, outside
+
+
+def test_pa_tells_a_chunk_token_inside_its_chunk_from_the_same_token_outside(stray_lm):
+    (hs, pos, _), (hs_v, pos_v, _) = _inside_outside(stray_lm, 1), _inside_outside(stray_lm, 2)
+    hs_t, inside, outside = _inside_outside(stray_lm, 3)
+    assert len(inside) >= 20 and len(outside) >= 20
+    rates = {}
+    for layer in (0, 1):
+        t = pa.fit_validated(hs[layer], pos, hs_v[layer], pos_v, seed=0)
+        detected = t.detect(hs_t[layer])
+        rates[layer] = (detected[inside].mean(), detected[outside].mean())
+    assert rates[0] == (1.0, 1.0)  # the token embedding cannot tell them apart
+    assert rates[1][0] >= 0.8 and rates[1][1] <= 0.2  # the contextual layer can

@@ -51,14 +51,68 @@ def variant_ids(tokenizer, word: str) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(s for s in seqs if s and unk not in s))
 
 
+# markers a tokenizer puts on a piece that starts after a space: byte-level BPE (GPT-2,
+# Llama 3, SmolLM2) and SentencePiece (Llama 2, T5)
+SPACE_MARKS = ("\u0120", "\u2581", " ")
+
+
+def _continuation_prefix(tokenizer) -> str | None:
+    """WordPiece's continuation prefix ("##"), or None for tokenizers without one."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if type(model).__name__ == "WordPiece":
+        return model.continuing_subword_prefix
+    wordpiece = getattr(tokenizer, "wordpiece_tokenizer", None)  # a slow BertTokenizer
+    return "##" if wordpiece is not None else None
+
+
+def marks_spaces(tokenizer) -> bool:
+    """Whether pieces carry their leading space (byte-level BPE, SentencePiece) rather
+    than the pre-tokenizer dropping it (WordPiece, whitespace-split word vocabularies)."""
+    ids = tokenizer(" the a", add_special_tokens=False)["input_ids"]
+    return any(str(p).startswith(SPACE_MARKS) for p in tokenizer.convert_ids_to_tokens(ids))
+
+
+def word_edges(tokenizer, token_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: (opens, ends_in_word). ``opens`` is True where the token cannot
+    continue the word before it: a special token, a piece carrying a leading space,
+    one starting with a non-alphanumeric character, or, for tokenizers that drop spaces,
+    any piece without the continuation prefix. ``ends_in_word`` is True where the
+    token's last character is alphanumeric (so a following piece without a space would
+    extend that word)."""
+    token_ids = np.asarray(token_ids, dtype=np.int64)
+    uniq, inverse = np.unique(token_ids, return_inverse=True)
+    pieces = tokenizer.convert_ids_to_tokens(uniq.tolist())
+    special = set(tokenizer.all_special_ids)
+    marked, prefix = marks_spaces(tokenizer), _continuation_prefix(tokenizer)
+    opens, ends_in_word = np.zeros(len(uniq), bool), np.zeros(len(uniq), bool)
+    for j, (i, piece) in enumerate(zip(uniq.tolist(), pieces, strict=True)):
+        if i in special or not piece:
+            opens[j] = True
+            continue
+        body = piece[len(prefix) :] if prefix and piece.startswith(prefix) else piece
+        continues = bool(prefix) and piece.startswith(prefix) and bool(body)
+        if marked:
+            opens[j] = piece.startswith(SPACE_MARKS) or not piece[0].isalnum()
+        else:
+            opens[j] = not continues
+        ends_in_word[j] = body[-1:].isalnum()
+    return opens[inverse], ends_in_word[inverse]
+
+
 def match_positions(
     token_ids: np.ndarray,
     sentence_ids: np.ndarray,
     variants: Sequence[Sequence[int]],
     step: int = 0,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Indices labelled for a word: the last sub-token of each exact id-sequence match,
-    shifted to i - step, kept only when match and label lie inside one sentence."""
+    shifted to i - step, kept only when match and label lie inside one sentence.
+
+    With ``edges`` (from ``word_edges``) a match counts only on word boundaries: it
+    starts a sentence, or its first token opens a word, or the token before ends in
+    a non-alphanumeric character; and it ends a sentence or the next token opens a word.
+    """
     token_ids, sentence_ids = np.asarray(token_ids), np.asarray(sentence_ids)
     T = len(token_ids)
     labels = set()
@@ -71,8 +125,16 @@ def match_positions(
             hit &= token_ids[j : T - k + 1 + j] == tok
         starts = np.flatnonzero(hit)
         ends = starts + k - 1
-        same = sentence_ids[starts] == sentence_ids[ends]
-        labels.update(int(e) for e in ends[same])
+        keep = sentence_ids[starts] == sentence_ids[ends]
+        if edges is not None:
+            opens, ends_in_word = edges
+            before, after = starts - 1, ends + 1
+            first = (starts == 0) | (sentence_ids[np.maximum(before, 0)] != sentence_ids[starts])
+            left = first | opens[starts] | ~ends_in_word[np.maximum(before, 0)]
+            last = (after >= T) | (sentence_ids[np.minimum(after, T - 1)] != sentence_ids[ends])
+            right = last | opens[np.minimum(after, T - 1)]
+            keep &= left & right
+        labels.update(int(e) for e in ends[keep])
     ends = np.array(sorted(labels), dtype=np.int64)
     shifted = ends - step
     ok = (shifted >= 0) & (shifted < T)
@@ -81,7 +143,10 @@ def match_positions(
 
 
 def word_positions(tokenizer, token_ids, sentence_ids, word: str, step: int = 0) -> np.ndarray:
-    return match_positions(token_ids, sentence_ids, variant_ids(tokenizer, word), step)
+    """Positions of ``word`` (any variant) on word boundaries, labelled at step ``step``:
+    "hotdog" holds no "dog", "Grain" no "rain", "coffeehouse" no "coffee"."""
+    edges = word_edges(tokenizer, token_ids)
+    return match_positions(token_ids, sentence_ids, variant_ids(tokenizer, word), step, edges)
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -148,6 +213,9 @@ class Template:
     train_positions: np.ndarray
     n_occurrences: int
     meta: dict = field(default_factory=dict)  # word, step, layer, sweep records ...
+    # word mean minus the mean of all other tokens at this layer (full width), for
+    # additive grafting; None when it was not computed
+    contrast: torch.Tensor | None = None
 
     @property
     def n_dims(self) -> int:
@@ -199,13 +267,17 @@ class Template:
             "width": self.mask.numel(),
             "mask": self.mask.nonzero().flatten().tolist(),
             "mean": self.mean.float().tolist(),
+            "contrast": None if self.contrast is None else self.contrast.float().tolist(),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Template:
         mask = torch.zeros(data["width"], dtype=torch.bool)
         mask[torch.tensor(data["mask"], dtype=torch.long)] = True
-        return cls.from_fields(mask, torch.tensor(data["mean"], dtype=torch.float32), data)
+        t = cls.from_fields(mask, torch.tensor(data["mean"], dtype=torch.float32), data)
+        if data.get("contrast") is not None:
+            t.contrast = torch.tensor(data["contrast"], dtype=torch.float32)
+        return t
 
     def full_vector(self, fill: torch.Tensor | None = None) -> torch.Tensor:
         """A d-vector holding mu on the mask and ``fill`` (default 0) elsewhere."""
@@ -225,38 +297,19 @@ def _draw_train(positions: np.ndarray, n_train: int, seed: int) -> np.ndarray:
 
 
 def sweep(H, positions, train: np.ndarray, tolerances: Sequence[float] = TOLERANCES) -> list[dict]:
-    """Every tolerance's mask size, theta and training-text metrics (S excluded), in one pass.
-
-    Masks are nested in tau, so neurons are sorted by their worst training deviation and
-    a running sum over that order gives D for every tau at once.
-    """
+    """Every tolerance's mask size, theta and training-text metrics (S excluded), in one pass."""
     H = _as_tensor(H)
     positions = np.asarray(positions, dtype=np.int64)
     train_t = torch.as_tensor(train, dtype=torch.long)
     mu = H[train_t].mean(0)
     dev = (H[train_t] - mu).abs().max(0).values  # neuron j is in mask(tau) iff dev_j < tau
-    order = torch.argsort(dev)
-    sorted_dev = dev[order]
-    ks = [
-        int(torch.searchsorted(sorted_dev, torch.tensor(float(t)), side="left")) for t in tolerances
-    ]
-    live = [(t, k) for t, k in zip(tolerances, ks, strict=True) if k > 0]  # empty masks: skipped
-    if not live:
-        return []
-    cols = torch.tensor([k - 1 for _, k in live])
-    counts = torch.tensor([k for _, k in live], dtype=torch.float32)
-    D = torch.cat(
-        [
-            ((blk[:, order] - mu[order]) ** 2).cumsum(1)[:, cols] / counts
-            for blk in H.split(_ROW_BLOCK)
-        ]
-    )  # (T, n_live)
-    theta = D[train_t].max(0).values
+    D, taus, sizes = deviations(H, mu, dev, tolerances)  # empty masks are skipped
+    theta = D[train_t].max(0).values if taus else None
     records = []
-    for j, (tau, k) in enumerate(live):
+    for j, (tau, k) in enumerate(zip(taus, sizes, strict=True)):
         detected = (D[:, j] <= theta[j]).numpy()
         m = detection_metrics(detected, positions, exclude=train)
-        records.append({"tau": float(tau), "n_dims": k, "theta": float(theta[j]), **m})
+        records.append({"tau": tau, "n_dims": k, "theta": float(theta[j]), **m})
     return records
 
 
@@ -307,6 +360,144 @@ def fit(
     return template
 
 
+def deviations(H, mu: torch.Tensor, dev: torch.Tensor, tolerances: Sequence[float]):
+    """D(h) of every row for every tolerance's mask at once: ((T, n_live), live taus, sizes).
+
+    Neuron j is in mask(tau) iff dev_j < tau, so masks are nested in tau: neurons are
+    sorted by dev and a running sum over that order gives D for every tau in one pass.
+    """
+    H = _as_tensor(H)
+    order = torch.argsort(dev)
+    sorted_dev = dev[order]
+    ks = [
+        int(torch.searchsorted(sorted_dev, torch.tensor(float(t)), side="left")) for t in tolerances
+    ]
+    live = [(float(t), k) for t, k in zip(tolerances, ks, strict=True) if k > 0]
+    if not live:
+        return torch.empty(len(H), 0), [], []
+    cols = torch.tensor([k - 1 for _, k in live])
+    counts = torch.tensor([k for _, k in live], dtype=torch.float32)
+    D = torch.cat(
+        [
+            ((blk[:, order] - mu[order]) ** 2).cumsum(1)[:, cols] / counts
+            for blk in H.split(_ROW_BLOCK)
+        ]
+    )
+    return D, [t for t, _ in live], [k for _, k in live]
+
+
+def youden_threshold(scores, positions) -> tuple[float, float]:
+    """The threshold t of the rule "detect when score >= t" that maximises TPR - FPR on
+    these labels, and that maximum. Without positives or negatives: (inf, 0)."""
+    from sklearn.metrics import roc_curve
+
+    y = _label_vector(len(scores), positions)
+    if y.all() or not y.any():
+        return float("inf"), 0.0
+    fpr, tpr, thr = roc_curve(y, np.asarray(scores, dtype=np.float64))
+    best = int(np.argmax(tpr - fpr))
+    return float(thr[best]), float(tpr[best] - fpr[best])
+
+
+def fit_validated(
+    H_fit,
+    positions,
+    H_val,
+    val_positions,
+    n_train: int = 5,
+    tolerances: Sequence[float] = TOLERANCES,
+    seed: int = 0,
+) -> Template:
+    """A template fit on ``n_train`` seeded occurrences of the fitting text, with tau and
+    theta chosen on a separate validation text (the largest TPR - FPR there).
+
+    The paper picks tau on the fitting text and sets theta to the largest of the n
+    training deviations; ``fit`` does that. Choosing both on other sentences is what
+    makes the test-split numbers honest.
+    """
+    H_fit, H_val = _as_tensor(H_fit), _as_tensor(H_val)
+    if H_val.shape[1] != H_fit.shape[1]:
+        raise ShapeError("the fitting and validation activations differ in width")
+    positions = np.unique(np.asarray(positions, dtype=np.int64))
+    train = _draw_train(positions, n_train, seed)
+    train_t = torch.as_tensor(train)
+    mu = H_fit[train_t].mean(0)
+    dev = (H_fit[train_t] - mu).abs().max(0).values
+    D, taus, sizes = deviations(H_val, mu, dev, tolerances)
+    if not taus:
+        raise InputError("every tolerance gives an empty mask; try larger tolerances")
+    picks = [youden_threshold(-D[:, j].numpy(), val_positions) for j in range(len(taus))]
+    best = max(range(len(taus)), key=lambda j: (picks[j][1], -j))
+    mask = dev < taus[best]
+    return Template(
+        mask=mask,
+        mean=mu[mask].clone(),
+        theta=-picks[best][0],
+        tau=taus[best],
+        train_positions=train,
+        n_occurrences=len(positions),
+        meta={"select": "validation", "validation_youden": picks[best][1]},
+    )
+
+
+# --- baselines ----------------------------------------------------------------------------
+
+
+def mean_difference(H, positions, exclude=()) -> torch.Tensor:
+    """Mean of the labelled rows minus the mean of the other rows (``exclude`` left out):
+    the difference-of-means direction, (d,)."""
+    H = _as_tensor(H)
+    y = _label_vector(len(H), positions)
+    keep = np.ones(len(H), dtype=bool)
+    keep[np.asarray(exclude, dtype=np.int64)] = False
+    pos, neg = torch.as_tensor(y & keep), torch.as_tensor(~y & keep)
+    if not pos.any() or not neg.any():
+        raise InputError("a difference of means needs labelled and unlabelled rows")
+    return H[pos].mean(0) - H[neg].mean(0)
+
+
+def token_identity(fit_token_ids, fit_positions, token_ids) -> np.ndarray:
+    """Detect a position when its token is one found at the word's positions in the
+    fitting text. At step 0 this is an exact match of the word's (last) token; at other
+    steps, of the tokens that preceded or followed it."""
+    seen = np.unique(np.asarray(fit_token_ids)[np.asarray(fit_positions, dtype=np.int64)])
+    return np.isin(np.asarray(token_ids), seen)
+
+
+def logistic_probe(H_fit, positions, exclude=(), seed: int = 0):
+    """A class-balanced logistic regression on standardised rows: a fitted sklearn
+    pipeline whose ``decision_function`` scores new rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    H = _as_tensor(H_fit).numpy()
+    y = _label_vector(len(H), positions)
+    keep = np.ones(len(H), dtype=bool)
+    keep[np.asarray(exclude, dtype=np.int64)] = False
+    probe = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(class_weight="balanced", max_iter=500, random_state=seed),
+    )
+    return probe.fit(H[keep], y[keep])
+
+
+def rate_intervals(metrics: dict) -> dict:
+    """``metrics`` with 95% Wilson intervals of its TPR and FPR added."""
+    from lucidml.core.metrics import wilson_intervals
+
+    low, high = wilson_intervals(
+        [metrics["tp"], metrics["fp"]], [metrics["n_pos"], metrics["n_neg"]]
+    )
+    return {
+        **metrics,
+        "tpr_low": float(low[0]),
+        "tpr_high": float(high[0]),
+        "fpr_low": float(low[1]),
+        "fpr_high": float(high[1]),
+    }
+
+
 # --- a dictionary of templates ------------------------------------------------------------
 
 Key = tuple[str, int, int]  # (word, step, layer)
@@ -344,6 +535,8 @@ class TemplateBank:
         for i, ((word, step, layer), t) in enumerate(sorted(self.templates.items())):
             tensors[f"{i}.mask"] = t.mask.to(torch.uint8).contiguous()
             tensors[f"{i}.mean"] = t.mean.float().contiguous()
+            if t.contrast is not None:
+                tensors[f"{i}.contrast"] = t.contrast.float().contiguous()
             entries.append({"id": i, "word": word, "step": step, "layer": layer, **t.fields()})
         atomic_write_bytes(folder / "templates.safetensors", save(tensors))
         write_json(folder / "templates.json", {"info": self.info, "templates": entries})
@@ -363,11 +556,32 @@ class TemplateBank:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:
             raise InputError(f"{meta_path} is not valid JSON (line {exc.lineno})") from None
-        tensors = load_file(str(data_path))
+        except UnicodeDecodeError:
+            raise InputError(f"{meta_path} is not UTF-8 text") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("templates"), list):
+            raise InputError(f"{meta_path} has no 'templates' list: it was not written by PA")
+        try:
+            tensors = load_file(str(data_path))
+        except Exception:  # safetensors raises its own error type for truncated headers
+            raise InputError(
+                f"{data_path} is not a readable safetensors file (truncated or corrupt)"
+            ) from None
         bank = cls(info=meta.get("info", {}))
         for e in meta["templates"]:
-            i = e["id"]
-            bank[(e["word"], e["step"], e["layer"])] = Template.from_fields(
-                tensors[f"{i}.mask"], tensors[f"{i}.mean"], e
-            )
+            try:
+                i = e["id"]
+                mask, mean = tensors[f"{i}.mask"], tensors[f"{i}.mean"]
+                key = (e["word"], e["step"], e["layer"])
+                t = Template.from_fields(mask, mean, e)
+                t.contrast = tensors.get(f"{i}.contrast")
+            except (KeyError, TypeError):
+                raise InputError(
+                    f"{meta_path} and {data_path.name} do not match: an entry lacks its "
+                    "word, step, layer, id, theta, tau or tensors"
+                ) from None
+            if t.n_dims != t.mean.numel() or (
+                t.contrast is not None and t.contrast.numel() != t.mask.numel()
+            ):
+                raise InputError(f"{data_path} holds tensors of inconsistent sizes")
+            bank[key] = t
         return bank
