@@ -49,3 +49,21 @@ def test_many_chunks_report_dead_ones_and_bad_sizes_are_errors():
     assert adjusted_rand_score(y, m.assignments) >= 0.9
     with pytest.raises(InputError, match="n_chunks"):
         ucd.fit(H, 1000)
+
+
+def test_one_chunk_baseline_is_the_mean_direction():
+    X = np.array([[1.0, 0.0], [0.0, 1.0]])
+    c = ucd.one_chunk(X)
+    torch.testing.assert_close(c, torch.tensor([[2**-0.5, 2**-0.5]]))
+    assert ucd.state_losses(X, c) == pytest.approx([-(2**-0.5)] * 2)
+
+
+def test_kmeans_baseline_recovers_planted_clusters_and_beats_one_chunk():
+    H, y, _ = clusters_on_sphere(0)
+    H2, _, _ = clusters_on_sphere(0)  # same centres, fresh noise
+    centers = ucd.kmeans_chunks(H, 6, seed=0)
+    assert adjusted_rand_score(y, ucd.best_cosine(ucd._unit_rows(H), centers)[1].numpy()) >= 0.9
+    km, one = ucd.state_losses(H2, centers).mean(), ucd.state_losses(H2, ucd.one_chunk(H)).mean()
+    assert km < -0.9 and one > -0.6  # six directions explain what one cannot (cos ~0.93 noise)
+    with pytest.raises(InputError, match="n_chunks"):
+        ucd.kmeans_chunks(H, 10_000)

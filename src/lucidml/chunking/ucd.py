@@ -99,3 +99,29 @@ def fit(
         final = F.normalize(centers.detach(), dim=1)
         assignments = best_cosine(X, final)[1].cpu().numpy()
     return ChunkModel(final.cpu(), assignments, losses, dead_log, reseeded)
+
+
+# --- baselines ----------------------------------------------------------------------------
+
+
+def state_losses(H, centers: torch.Tensor) -> np.ndarray:
+    """Per state, -max_k cos(c_k, x): the summands of the UCD loss."""
+    return (-best_cosine(_unit_rows(H), centers)[0]).numpy()
+
+
+def one_chunk(H) -> torch.Tensor:
+    """The best single chunk: the mean direction of the unit states, (1, d). Any loss
+    below its loss is structure that one direction does not explain."""
+    return F.normalize(_unit_rows(H).mean(0, keepdim=True), dim=1)
+
+
+def kmeans_chunks(H, n_chunks: int, seed: int = 0) -> torch.Tensor:
+    """Spherical k-means by the textbook route: sklearn's k-means (k-means++ start) on
+    the unit states, centres renormalised, (K, d)."""
+    from sklearn.cluster import KMeans
+
+    X = _unit_rows(H).numpy()
+    if not 1 <= n_chunks <= len(X):
+        raise InputError(f"n_chunks must be in 1..{len(X)} (the number of states), got {n_chunks}")
+    km = KMeans(n_clusters=n_chunks, n_init=1, max_iter=100, random_state=seed).fit(X)
+    return F.normalize(torch.as_tensor(km.cluster_centers_, dtype=torch.float32), dim=1)
