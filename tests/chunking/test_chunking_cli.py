@@ -46,6 +46,9 @@ def test_rnn_command_writes_results_and_report(tmp_path, capsys):
 
 def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys):
     m = str(tiny_model_dir)
+    test_sents = [s.replace(",", "") for s in everyday_sentences(60, seed=7)]
+    test_text = tmp_path / "test.txt"
+    test_text.write_text(" ".join(test_sents))
     code, _, err = run(
         [
             "chunking",
@@ -58,6 +61,8 @@ def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys
             "0,1,3",
             "--steps",
             "0,1",
+            "--test-text",
+            str(test_text),
             "--out",
             str(tmp_path / "pa"),
         ],
@@ -71,6 +76,12 @@ def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys
     # the embedding of the word's token is the same everywhere: index 0 detects it exactly
     row0 = next(r for r in res["rows"] if (r["step"], r["layer"]) == (0, 0))
     assert row0["tpr"] == 1.0 and row0["fpr"] == 0.0
+    n_test = sum(s.lower().split().count("coffee") for s in test_sents)  # one token each
+    assert row0["n_pos"] == n_test and row0["tpr_low"] < 1.0 == row0["tpr_high"]
+    ident = next(r for r in res["baselines"]["token_identity"] if r["step"] == 0)
+    assert (ident["tpr"], ident["fpr"], ident["n_pos"]) == (1.0, 0.0, n_test)
+    assert {"mean_difference", "logistic_probe"} <= set(res["baselines"])
+    assert res["n_test_sentences"] == len(test_sents)
     assert (tmp_path / "pa" / "templates" / "templates.safetensors").is_file()
 
     prompts = tmp_path / "prompts.txt"
@@ -89,8 +100,15 @@ def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys
             str(tmp_path / "pa" / "templates"),
             "--layers",
             "1",
+            "--mode",
+            "add",
+            "--strength",
+            "0.25",
+            "--strengths",
+            "0,0.5",
             "--positions",
-            "-2,-1",
+            "all",
+            "--every-step",
             "--max-new-tokens",
             "4",
             "--out",
@@ -100,10 +118,24 @@ def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys
     )
     assert code == 0, err
     res = json.loads((tmp_path / "graft" / "results.json").read_text())
-    assert res["n_prompts"] == 2 and 0.0 <= res["graft_rate"] <= 1.0
-    assert res["env"]["device"] == "cpu"
-    saved = (tmp_path / "graft" / "config.yaml").read_text()
-    assert "positions:\n- -2\n- -1" in saved
+    assert res["n_prompts"] == 2 and res["env"]["device"] == "cpu"
+    for key in ("word_rate", "word_rate_control", "mcnemar_p", "perplexity", "perplexity_control"):
+        assert key in res
+    assert [r["strength"] for r in res["sweep"]] == [0.0, 0.25, 0.5]
+    zero = res["sweep"][0]  # strength 0 is the identity: the control's texts and numbers
+    assert zero["word_rate"] == zero["word_rate_control"] and zero["mcnemar_p"] == 1.0
+    assert zero["perplexity"] == pytest.approx(zero["perplexity_control"])
+    assert (res["mode"], res["positions"], res["every_step"]) == ("add", "all", True)
+    code, _, err = run(
+        ["chunking", "graft", "--model", m, "--word", "coffee", "--prompts", str(prompts)]
+        + ["--templates", str(tmp_path / "pa" / "templates"), "--layers", "1", "--mode"]
+        + ["replace", "--positions", "-2,-1", "--prompt-only", "--max-new-tokens", "2"]
+        + ["--out", str(tmp_path / "replace")],
+        capsys,
+    )
+    assert code == 0, err
+    saved = (tmp_path / "replace" / "config.yaml").read_text()
+    assert "positions:\n- -2\n- -1" in saved and "every_step: false" in saved
 
     code, _, err = run(
         [
@@ -124,7 +156,12 @@ def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys
     )
     assert code == 0, err
     res = json.loads((tmp_path / "ucd" / "results.json").read_text())
-    assert res["layers"][0]["layer"] == 2 and res["layers"][0]["test_loss"] < 0
+    row = res["layers"][0]
+    assert row["layer"] == 2 and row["test_loss"] < 0
+    # k-means with the same K and the single mean direction, on the same held-out states
+    assert row["kmeans_test_loss"] < 0 and row["one_chunk_test_loss"] < 0
+    assert row["one_chunk_test_loss"] >= row["kmeans_test_loss"] - 1e-6
+    assert row["n_test_states"] > 0 and len(row["test_loss_ci"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -136,16 +173,33 @@ def test_pa_graft_ucd_commands_on_a_local_model(tiny_model_dir, tmp_path, capsys
         (["pa", "--word", "coffee", "--text", "SHORT"], "too short"),
         (["pa", "--word", "coffee", "--text", "MISSING"], "does not exist"),
         (["graft", "--word", "coffee", "--prompts", "MISSING"], "does not exist"),
+        (["graft", "--word", "coffee", "--prompts", "LATIN1"], "is not UTF-8 text"),
+        (["pa", "--word", "coffee", "--test-text", "LATIN1"], "is not UTF-8 text"),
+        (["graft", "--word", "coffee", "--templates", "TRUNCATED"], "not a readable safetensors"),
+        (["graft", "--word", "coffee", "--templates", "NO_LIST"], "has no 'templates' list"),
+        (["graft", "--word", "coffee", "--templates", "WIDE"], "come from another model"),
+        (["graft", "--word", "coffee", "--positions", "-500"], "beyond the shortest prompt"),
+        (["graft", "--word", "coffee", "--positions", "first"], "--positions"),
+        (["graft", "--word", "coffee", "--strength", "-1"], "strength"),
         (["ucd", "--chunks", "100000"], "exceeds"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(args, message, tiny_model_dir, tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("I drink coffee. You drink coffee.")
-    args = [
-        str(short) if a == "SHORT" else str(tmp_path / "nope.txt") if a == "MISSING" else a
-        for a in args
-    ]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Caf\xe9 au lait.\n".encode("latin-1"))
+    folders = {
+        name: _bank(tmp_path / name.lower(), 16 if name == "WIDE" else 32)
+        for name in ("TRUNCATED", "NO_LIST", "WIDE")
+    }
+    data = folders["TRUNCATED"] / "templates.safetensors"
+    data.write_bytes(data.read_bytes()[:20])
+    (folders["NO_LIST"] / "templates.json").write_text('{"info": {}}')
+    named = {"SHORT": short, "MISSING": tmp_path / "nope.txt", "LATIN1": latin1, **folders}
+    args = [str(named[a]) if a in named else a for a in args]
+    if args[0] == "graft":
+        args += ["--layers", "1"]
     if args[0] != "rnn":
         args += ["--model", str(tiny_model_dir)]
     out = tmp_path / "run"
@@ -153,6 +207,27 @@ def test_bad_input_is_one_sentence_and_exit_2(args, message, tiny_model_dir, tmp
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists()  # nothing half-written
+
+
+def _bank(folder, width: int):
+    """A template bank of 'coffee' at (step 0, layer 1) with the given width."""
+    import numpy as np
+    import torch
+
+    from lucidml.chunking import pa
+
+    t = pa.Template(
+        mask=torch.ones(width, dtype=torch.bool),
+        mean=torch.zeros(width),
+        theta=1.0,
+        tau=1.0,
+        train_positions=np.array([0]),
+        n_occurrences=10,
+        contrast=torch.ones(width),
+    )
+    bank = pa.TemplateBank(info={})
+    bank[("coffee", 0, 1)] = t
+    return bank.save(folder)
 
 
 def test_unknown_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
@@ -247,9 +322,11 @@ def test_graft_resume_reuses_the_arms(tiny_model_dir, tmp_path, capsys):
     args += ["--prompts", str(prompts), "--layers", "1", "--max-new-tokens", "3"]
     args += ["--out", str(out)]
     assert run(args, capsys)[0] == 0
-    _item(out, "graft").write_text(json.dumps(["coffee", "coffee"]))
+    arm = {"texts": ["coffee", "coffee"], "perplexity": [2.0, 2.0]}  # only the item says so
+    _item(out, "graft-s0.25").write_text(json.dumps(arm))
     assert run([*args, "--resume"], capsys)[0] == 0
-    assert json.loads((out / "results.json").read_text())["graft_rate"] == 1.0
+    res = json.loads((out / "results.json").read_text())
+    assert (res["word_rate"], res["perplexity"]) == (1.0, 2.0)
 
 
 @pytest.mark.parametrize("command", ["rnn", "pa", "graft", "ucd", "demo"])
@@ -289,12 +366,12 @@ def test_pa_takes_its_word_and_fields_from_a_config_file(tiny_model_dir, tmp_pat
     cfg = tmp_path / "pa.yaml"
     cfg.write_text(
         f"word: coffee\nmodel: {tiny_model_dir}\nlayers: [1]\nsteps: [0]\nn_train: 3\n"
-        "select: balanced\n"
+        "validation_fraction: 0.25\n"
     )
     out = tmp_path / "pa"
     assert run(["chunking", "pa", "--config", str(cfg), "--out", str(out)], capsys)[0] == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert (saved["n_train"], saved["select"], saved["device"]) == (3, "balanced", "auto")
+    assert (saved["n_train"], saved["validation_fraction"], saved["device"]) == (3, 0.25, "auto")
     assert json.loads((out / "results.json").read_text())["env"]["device"] == "cpu"
     code, _, err = run(["chunking", "pa", "--out", str(tmp_path / "no")], capsys)
     assert code == 2 and "--word is required" in err

@@ -4,7 +4,20 @@ import torch
 from chunking_helpers import lm_states, planted_rows
 
 from lucidml.chunking import pa
-from lucidml.chunking.graft import freeze, graft, mentions, occurrence_effect, paired_stats
+from lucidml.chunking.graft import (
+    Injection,
+    add_scaled,
+    associated_words,
+    check_positions,
+    compare_arms,
+    continuation_perplexity,
+    freeze,
+    generate,
+    graft,
+    inject,
+    mentions,
+    paired_stats,
+)
 from lucidml.core.hooks import capture, resid_module
 from lucidml.errors import InputError
 from lucidml.testing import tiny_llama
@@ -113,22 +126,113 @@ def test_grafting_a_chunk_template_makes_the_model_continue_the_chunk(chunk_lm):
     assert some.mean() > 0.5
 
 
-def test_a_no_op_graft_yields_identical_texts(chunk_lm):
+def test_a_zero_strength_graft_yields_identical_texts(chunk_lm):
     model, tok = chunk_lm
-    t = own_values(torch.zeros(64))
-    effect = occurrence_effect(
-        model,
-        tok,
-        ["w3 w4 w5", "w6 w7"],
-        "w31",
-        {1: t},
-        positions=(),
-        seed=0,
-        max_new_tokens=6,
-        chat=False,
+    prompts = ["w3 w4 w5", "w6 w7"]
+    kw = dict(seed=0, max_new_tokens=6, chat=False)
+    control = generate(model, tok, prompts, **kw)
+    with inject(model, {1: Injection.add(torch.ones(64), 0.0)}, "all", every_step=True):
+        grafted = generate(model, tok, prompts, **kw)
+    assert control == grafted
+    row = compare_arms(control, grafted, "w31")
+    assert row["word_rate"] == row["word_rate_control"] and row["mcnemar_p"] == 1.0
+
+
+def test_add_changes_the_residual_by_exactly_s_norm_h_along_d(llama3):
+    model, tok = llama3
+    ids = tok(["the cat sees a dog"], return_tensors="pt")["input_ids"]
+    site, T = resid_module(model, 2), ids.shape[1]
+    d = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with capture(model, [site]) as plain:
+            base = model(ids).logits
+        for positions, edited in (("all", list(range(T))), ([1, -1], [1, T - 1])):
+            with (
+                inject(model, {2: Injection.add(d, 0.3)}, positions),
+                capture(model, [site]) as acts,
+            ):
+                model(ids)
+            h, x = plain[site][0], acts[site][0]
+            want = h.clone()
+            want[edited] += 0.3 * h[edited].norm(dim=-1, keepdim=True) * d / d.norm()
+            torch.testing.assert_close(x, want, atol=1e-5, rtol=1e-5)
+        with inject(model, {2: Injection.add(d, 0.0)}, "all"):
+            assert torch.equal(model(ids).logits, base)  # strength 0 is the identity
+    x = torch.tensor([[3.0, 4.0]])
+    assert add_scaled(x, torch.tensor([0.0, 2.0]), 0.5).tolist() == [[3.0, 6.5]]  # 0.5*5*(0,1)
+
+
+def test_every_step_edits_each_generated_position(chunk_lm):
+    model, tok = chunk_lm
+    d, kw = torch.ones(64), dict(seed=0, max_new_tokens=5, chat=False)
+    prompt_len = len(tok("w3 w4 w5", add_special_tokens=False)["input_ids"]) + 1  # with BOS
+    for positions, first in (("all", prompt_len), ("last", 1), ([-2, -1], 2)):
+        counts: list = []
+        with inject(model, {1: Injection.add(d, 0.1)}, positions, every_step=True, counter=counts):
+            generate(model, tok, ["w3 w4 w5"], **kw)
+        assert counts == [first, 1, 1, 1, 1]  # the prompt pass, then one per decode step
+        counts = []
+        with inject(model, {1: Injection.add(d, 0.1)}, positions, counter=counts):
+            generate(model, tok, ["w3 w4 w5"], **kw)
+        assert counts == [first]
+
+
+def test_bad_injections_are_clear_errors(llama3):
+    model, _ = llama3
+    with (
+        pytest.raises(InputError, match="width 16, the model's residual stream 32"),
+        inject(model, {1: Injection.add(torch.ones(16), 0.1)}),
+    ):
+        pass
+    with pytest.raises(InputError, match="zero"):
+        Injection.add(torch.zeros(32), 0.1)
+    with pytest.raises(InputError, match="position 7 lies beyond the shortest prompt"):
+        check_positions([-1, 7], [9, 7, 12])
+    check_positions([-7, 6], [9, 7, 12])
+    check_positions("all", [1])
+
+
+def test_continuation_perplexity_matches_the_model_loss(llama3):
+    model, tok = llama3
+    ppl = continuation_perplexity(model, tok, ["the cat"], [" sees a dog"], chat=False)
+    head = tok(
+        "<s>the cat" if tok.bos_token == "<s>" else tok.bos_token + "the cat",
+        add_special_tokens=False,
+    )["input_ids"]
+    tail = tok(" sees a dog", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([head + tail])
+    labels = ids.clone()
+    labels[0, : len(head)] = -100  # the prompt is context, not scored
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=labels).loss
+    assert ppl[0] == pytest.approx(float(torch.exp(loss)), rel=1e-5)
+
+
+def test_associated_words_are_the_nearest_unembedding_rows():
+    model, tok = tiny_llama(num_layers=1)
+    W = model.get_output_embeddings().weight
+    words = [w for w in tok.get_vocab() if len(w) >= 3 and w.isalpha()]
+    anchor, near, nearer = words[:3]
+    with torch.no_grad():  # plant two rows along the anchor's: 3x (cosine 1), then a tilt
+        a = W[tok.convert_tokens_to_ids(anchor)].clone()
+        W[tok.convert_tokens_to_ids(nearer)] = 3 * a
+        W[tok.convert_tokens_to_ids(near)] = a + 0.3 * a.norm() * torch.eye(len(a))[0]
+    assert associated_words(model, tok, anchor, k=2) == [nearer, near]
+
+
+def test_compare_arms_rates_intervals_and_mcnemar_by_hand():
+    from lucidml.core.metrics import wilson_interval
+
+    control = ["tea", "nothing", "tea", "nothing"]
+    grafted = ["coffee", "a cup of coffee", "tea", "espresso"]
+    row = compare_arms(control, grafted, "coffee", ["espresso", "latte"], [2, 4], [3, 5])
+    assert (row["n"], row["word_rate"], row["word_rate_control"]) == (4, 0.5, 0.0)
+    assert (row["word_rate_low"], row["word_rate_high"]) == pytest.approx(
+        wilson_interval(2, 4), abs=1e-4
     )
-    assert effect.control_texts == effect.graft_texts
-    assert effect.control_rate == effect.graft_rate and effect.mcnemar_p == 1.0
+    assert row["mcnemar_p"] == pytest.approx(0.5)  # 2 discordant pairs, both to the graft
+    assert (row["concept_rate"], row["concept_rate_control"]) == (0.25, 0.0)
+    assert (row["perplexity"], row["perplexity_control"]) == (4.0, 3.0)
 
 
 def test_mentions_and_paired_stats():

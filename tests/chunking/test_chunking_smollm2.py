@@ -4,34 +4,49 @@ import pytest
 
 from lucidml.chunking import api
 from lucidml.chunking.config import PAConfig
-from lucidml.chunking.corpus import PROMPTS, everyday_sentences
-from lucidml.chunking.graft import occurrence_effect
+from lucidml.chunking.corpus import TEST_SENTENCES, everyday_sentences
 
 pytestmark = pytest.mark.slow
-LAYERS = [0, *range(2, 10), 14, 20, 26]
+LAYERS = [0, 3, 6]
 
 
 @pytest.fixture(scope="module")
 def coffee(smollm2):
     model, tok = smollm2
-    fit, held = api.split_text(" ".join(everyday_sentences(500, seed=0)), 0.3)
+    fit, val = api.split_text(" ".join(everyday_sentences(500, seed=0)), 0.3)
     cfg = PAConfig(word="coffee", steps=[0], layers=LAYERS)
-    return api.pa_analysis(model, tok, cfg, fit, held)
+    return api.pa_analysis(model, tok, cfg, fit, val, TEST_SENTENCES)
 
 
-def test_pa_detects_a_frequent_word_in_held_out_sentences(coffee):
-    _, rows = coffee
-    assert all(r["n_heldout"] >= 5 for r in rows)
+def test_pa_on_the_separate_test_text_sits_next_to_token_identity(coffee):
+    _, rows, baselines = coffee
+    assert all(r["n_pos"] >= 10 for r in rows)  # 13 "coffee"s; "coffeehouse" is not one
     exact = next(r for r in rows if r["layer"] == 0)
-    assert exact["tpr"] == 1.0 and exact["fpr"] == 0.0  # token embeddings are exact
-    best = api.best_layer(rows)  # contextual layers only
-    assert best["layer"] > 0
-    assert best["tpr"] >= 0.7 and best["fpr"] <= 0.05
+    ident = baselines["token_identity"][0]
+    # index 0 is the token embedding: PA there is token identity, detection for detection
+    assert (exact["tp"], exact["fp"]) == (ident["tp"], ident["fp"])
+    assert ident["tpr"] >= 0.9
+    best = api.best_layer(rows)  # chosen on validation, among contextual layers
+    assert best["layer"] > 0 and best["val_tpr"] >= 0.9
+    assert best["tpr_low"] <= best["tpr"] <= best["tpr_high"]
+    assert {(r["step"], r["layer"]) for r in baselines["logistic_probe"]} == {
+        (0, ell) for ell in LAYERS
+    }
 
 
-def test_grafting_raises_the_word_rate_above_the_control(smollm2, coffee):
-    model, tok = smollm2
-    bank, _ = coffee
-    templates = {ell: bank[("coffee", 0, ell)] for ell in range(2, 10)}
-    effect = occurrence_effect(model, tok, PROMPTS, "coffee", templates, seed=0, max_new_tokens=40)
-    assert effect.graft_rate > effect.control_rate
+def test_smollm2_labels_respect_word_boundaries(smollm2):
+    import numpy as np
+
+    from lucidml.chunking import pa
+    from lucidml.chunking.collect import encode_sentences
+
+    _, tok = smollm2
+    sents = ["I ate a hotdog and a dog barked.", "Grain and Drain got rain.", "A coffeehouse."]
+    enc = encode_sentences(tok, sents)
+    ids = np.concatenate([np.array(e) for e in enc])
+    sid = np.concatenate([np.full(len(e), i) for i, e in enumerate(enc)])
+    pieces = tok.convert_ids_to_tokens(ids.tolist())
+    assert "dog" in pieces and "rain" in pieces and "house" in pieces  # the traps exist
+    assert [pieces[i] for i in pa.word_positions(tok, ids, sid, "dog")] == ["\u0120dog"]
+    assert [pieces[i] for i in pa.word_positions(tok, ids, sid, "rain")] == ["\u0120rain"]
+    assert len(pa.word_positions(tok, ids, sid, "coffee")) == 0

@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from lucidml.chunking import dsc, pa, perturb, sequences, ucd
+from lucidml.chunking import graft as graft_mod
 from lucidml.chunking.collect import Collection, collect, encode_sentences, split_sentences
 from lucidml.chunking.config import GraftConfig, PAConfig, RNNConfig, UCDConfig
-from lucidml.chunking.graft import generate, graft, occurrence_effect, score_arms
+from lucidml.chunking.graft import generate
 from lucidml.chunking.rnn import TrainedRNN, one_thread, train_rnn
 from lucidml.core.config import resolve_device, resolve_dtype, seed_everything
 from lucidml.core.distributed import ItemStore
+from lucidml.core.metrics import bootstrap_ci
 from lucidml.core.progress import get_logger, track
 from lucidml.core.report import Report
 from lucidml.core.runs import (
@@ -352,21 +354,33 @@ def _require_occurrences(tokenizer, sentences, word: str, needed: int, where: st
     return n
 
 
+def _special_rows(col: Collection, tok) -> np.ndarray:
+    return np.flatnonzero(np.isin(col.token_ids, tok.all_special_ids))
+
+
 def fit_word_templates(
-    col: Collection, tokenizer, word: str, steps, layers, n_train: int, select: str, seed: int
+    col_fit: Collection, col_val: Collection, tokenizer, word: str, steps, layers, n_train, seed
 ) -> dict[tuple[int, int], pa.Template]:
-    """Templates per (step, layer) for one word on a collection."""
+    """Templates per (step, layer) for one word: fit on ``col_fit``, tau and theta chosen
+    on ``col_val``, each with its contrastive direction (word mean minus the mean of
+    the other tokens of the fitting text) for additive grafting."""
+    special = _special_rows(col_fit, tokenizer)
     out = {}
     for step in steps:
-        pos = pa.word_positions(tokenizer, col.token_ids, col.sentence_ids, word, step)
+        pos = pa.word_positions(tokenizer, col_fit.token_ids, col_fit.sentence_ids, word, step)
+        val = pa.word_positions(tokenizer, col_val.token_ids, col_val.sentence_ids, word, step)
         for ell in layers:
-            t = pa.fit(col.hidden[ell], pos, n_train=n_train, seed=seed, select=select)
+            t = pa.fit_validated(
+                col_fit.hidden[ell], pos, col_val.hidden[ell], val, n_train=n_train, seed=seed
+            )
+            t.contrast = pa.mean_difference(col_fit.hidden[ell], pos, exclude=special)
             t.meta.update(word=word, step=step, layer=ell)
             out[(step, ell)] = t
     return out
 
 
 Collections = tuple[Collection, Collection]  # (fitting text, held-out text)
+PACollections = tuple[Collection, Collection, Collection]  # (fitting, validation, test)
 
 
 def collect_split(model, tok, fit_sents, held_sents, layers, batch_size: int = 32) -> Collections:
@@ -376,36 +390,78 @@ def collect_split(model, tok, fit_sents, held_sents, layers, batch_size: int = 3
     )
 
 
-def pa_layer(tok, cfg: PAConfig, ell: int, collections: Collections) -> dict:
-    """One layer: the word's template at every step, fit on the fitting text, and its
-    held-out row; JSON-able (``{"templates": [...], "rows": [...]}``)."""
-    col_fit, col_held = collections
+def _rates(detected: np.ndarray, positions) -> dict:
+    """TPR and FPR with counts and 95% Wilson intervals."""
+    return pa.rate_intervals(pa.detection_metrics(detected, positions))
+
+
+def _thresholded(val_scores, val_pos, test_scores, test_pos) -> dict:
+    """Test rates of "detect when score >= t", with t chosen on the validation text."""
+    threshold, _ = pa.youden_threshold(val_scores, val_pos)
+    return _rates(np.asarray(test_scores) >= threshold, test_pos)
+
+
+def _linear_baselines(tok, cfg: PAConfig, ell: int, step: int, cols: PACollections) -> dict:
+    """Difference of means and a logistic probe at one (step, layer): fit on the fitting
+    text with every occurrence (PA uses n_train of them), threshold on validation."""
+    col_fit, col_val, col_test = cols
+    pos = [pa.word_positions(tok, c.token_ids, c.sentence_ids, cfg.word, step) for c in cols]
+    special = _special_rows(col_fit, tok)
+    H = [c.hidden[ell] for c in cols]
+    direction = pa.mean_difference(H[0], pos[0], exclude=special)
+    diff = [(h.float() @ direction).numpy() for h in H[1:]]
+    probe = pa.logistic_probe(H[0], pos[0], exclude=special, seed=cfg.seed)
+    logit = [probe.decision_function(h.float().numpy()) for h in H[1:]]
+    return {
+        "mean_difference": _thresholded(diff[0], pos[1], diff[1], pos[2]),
+        "logistic_probe": _thresholded(logit[0], pos[1], logit[1], pos[2]),
+    }
+
+
+def pa_layer(tok, cfg: PAConfig, ell: int, collections: PACollections) -> dict:
+    """One layer: the word's template at every step (fit on the fitting text, tau and
+    theta chosen on validation), its validation and test rows, and the linear baselines;
+    JSON-able (``{"templates": [...], "rows": [...]}``)."""
+    col_fit, col_val, col_test = collections
     templates = fit_word_templates(
-        col_fit, tok, cfg.word, cfg.steps, [ell], cfg.n_train, cfg.select, cfg.seed
+        col_fit, col_val, tok, cfg.word, cfg.steps, [ell], cfg.n_train, cfg.seed
     )
     rows = []
     for (step, _), t in templates.items():
-        pos = pa.word_positions(tok, col_held.token_ids, col_held.sentence_ids, cfg.word, step)
-        scores = t.score(col_held.hidden[ell])
-        m = pa.detection_metrics(scores <= t.theta, pos)
-        rows.append(
-            {
-                "word": cfg.word,
-                "step": step,
-                "layer": ell,
-                "tau": t.tau,
-                "n_dims": t.n_dims,
-                "theta": t.theta,
-                "tpr": m["tpr"],
-                "fpr": m["fpr"],
-                "accuracy": m["accuracy"],
-                "auroc": pa.auroc(scores, pos),
-                "sweep_auc": t.meta["sweep_auc"],
-                "n_fit": t.n_occurrences,
-                "n_heldout": m["n_pos"],
-            }
-        )
+        val_pos = pa.word_positions(tok, col_val.token_ids, col_val.sentence_ids, cfg.word, step)
+        pos = pa.word_positions(tok, col_test.token_ids, col_test.sentence_ids, cfg.word, step)
+        val = pa.detection_metrics(t.detect(col_val.hidden[ell]), val_pos)
+        scores = t.score(col_test.hidden[ell])
+        row = {
+            "word": cfg.word,
+            "step": step,
+            "layer": ell,
+            "tau": t.tau,
+            "n_dims": t.n_dims,
+            "theta": t.theta,
+            **_rates(scores <= t.theta, pos),
+            "auroc": pa.auroc(scores, pos),
+            "val_tpr": val["tpr"],
+            "val_fpr": val["fpr"],
+            "n_val_pos": val["n_pos"],
+            "n_fit": t.n_occurrences,
+        }
+        if cfg.baselines:
+            row["baselines"] = _linear_baselines(tok, cfg, ell, step, collections)
+        rows.append(row)
     return {"templates": [t.to_json() for t in templates.values()], "rows": rows}
+
+
+def token_identity_rows(tok, cfg: PAConfig, collections: PACollections) -> list[dict]:
+    """Per step: the token-identity detector's test rates (no activations involved)."""
+    col_fit, _, col_test = collections
+    out = []
+    for step in cfg.steps:
+        fit_pos = pa.word_positions(tok, col_fit.token_ids, col_fit.sentence_ids, cfg.word, step)
+        pos = pa.word_positions(tok, col_test.token_ids, col_test.sentence_ids, cfg.word, step)
+        detected = pa.token_identity(col_fit.token_ids, fit_pos, col_test.token_ids)
+        out.append({"step": step, **_rates(detected, pos)})
+    return out
 
 
 def pa_analysis(
@@ -413,30 +469,41 @@ def pa_analysis(
     tok,
     cfg: PAConfig,
     fit_sents,
-    held_sents,
-    collections: Collections | None = None,
+    val_sents,
+    test_sents,
+    collections: PACollections | None = None,
     store: ItemStore | None = None,
     key: str = "",
-) -> tuple[pa.TemplateBank, list]:
-    """Fit every (step, layer) template on the fit sentences; score them on held-out ones.
+) -> tuple[pa.TemplateBank, list, dict]:
+    """Fit every (step, layer) template on the fitting sentences, choose tau and theta on
+    the validation sentences, and score templates and baselines on the test sentences.
 
-    ``collections`` reuses activations already collected for these sentences. With
-    ``store``, each finished layer is saved under ``pa-layer<l>-<key>`` and read back
-    instead of recomputed; only the layers still missing are collected.
+    Returns (bank, rows, baselines). ``collections`` reuses activations already collected
+    for these three texts. With ``store``, each finished layer is saved under
+    ``pa-layer<l>-<key>`` and read back instead of recomputed; only the layers still
+    missing are collected.
     """
     layers = _check_layers(cfg.layers, model.config.num_hidden_layers)
     name = {ell: f"pa-layer{ell}-{key}" for ell in layers}
     todo = [ell for ell in layers if store is None or not store.has(name[ell])]
-    if todo and collections is None:
+    if collections is None:
         log.info(
-            "collecting %d layers on %d + %d sentences", len(todo), len(fit_sents), len(held_sents)
+            "collecting %d layers on %d + %d + %d sentences",
+            len(todo),
+            len(fit_sents),
+            len(val_sents),
+            len(test_sents),
         )
-        collections = collect_split(model, tok, fit_sents, held_sents, todo, cfg.batch_size)
+        collections = tuple(
+            collect(model, tok, s, todo or layers[:1], cfg.batch_size)
+            for s in (fit_sents, val_sents, test_sents)
+        )
     bank = pa.TemplateBank(
         info={
             "model": cfg.model,
             "index": "hidden_states",
             "n_layers": model.config.num_hidden_layers,
+            "width": model.config.hidden_size,
         }
     )
     rows = []
@@ -447,18 +514,36 @@ def pa_analysis(
             bank[(cfg.word, template.meta["step"], ell)] = template
         rows += item["rows"]
     rows.sort(key=lambda r: (cfg.steps.index(r["step"]), layers.index(r["layer"])))
-    return bank, rows
+    baselines = {"token_identity": token_identity_rows(tok, cfg, collections)}
+    if cfg.baselines:  # moved out of the rows: one list per baseline
+        per_row = [r.pop("baselines") for r in rows]
+        for name_ in ("mean_difference", "logistic_probe"):
+            baselines[name_] = [
+                {"step": r["step"], "layer": r["layer"], **b[name_]}
+                for r, b in zip(rows, per_row, strict=True)
+            ]
+    return bank, rows, baselines
 
 
 def best_layer(rows: list[dict], step: int = 0) -> dict:
-    """The held-out row of ``step`` with the highest TPR - FPR among contextual layers.
+    """The row of ``step`` with the highest validation TPR - FPR among contextual layers;
+    its test numbers are what a report quotes.
 
     Index 0 (the token embeddings) is left out when other layers were scored: a word's
     own token embedding is identical at every occurrence, so it is exact by construction.
     """
     at_step = [r for r in rows if r["step"] == step]
     contextual = [r for r in at_step if r["layer"] > 0] or at_step
-    return max(contextual, key=lambda r: r["tpr"] - r["fpr"])
+    return max(contextual, key=lambda r: (r["val_tpr"] - r["val_fpr"], -r["layer"]))
+
+
+def read_test_text(path: str | Path | None) -> tuple[str, str]:
+    """(text, name): the ``--test-text`` file, or the built-in PA test text."""
+    if path is None:
+        from lucidml.chunking.corpus import pa_test_text
+
+        return pa_test_text(), "the built-in test text"
+    return read_text(path), str(path)
 
 
 def pa_job(
@@ -467,61 +552,100 @@ def pa_job(
     out: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    test_path: str | Path | None = None,
 ) -> Path:
     device = resolve_device(cfg.device)
     text = read_text(text_path)
-    fit_sents, held_sents = split_text(text, cfg.heldout_fraction, str(text_path or "the corpus"))
+    test_text, test_name = read_test_text(test_path)
+    source = str(text_path or "the corpus")
+    fit_sents, val_sents = split_text(text, cfg.validation_fraction, source)
+    test_sents = split_sentences(test_text)
     model, tok = _load(cfg.model, device)
     _check_layers(cfg.layers, model.config.num_hidden_layers)
-    _require_occurrences(
-        tok,
-        fit_sents,
+    needed = max(cfg.min_occurrences, cfg.n_train + 1)
+    _require_occurrences(tok, fit_sents, cfg.word, needed, "the fitting part of the text")
+    _require_occurrences(tok, val_sents, cfg.word, 1, "the validation part of the text")
+    _require_occurrences(tok, test_sents, cfg.word, 1, f"{test_name} (give one with --test-text)")
+    run = open_run(cfg, out, resume, overwrite, text=text_path, test_text=test_path)
+    log.info(
+        "PA for '%s' on %d fitting, %d validation and %d test sentences",
         cfg.word,
-        max(cfg.min_occurrences, cfg.n_train + 1),
-        "the fitting part of the text",
+        len(fit_sents),
+        len(val_sents),
+        len(test_sents),
     )
-    _require_occurrences(tok, held_sents, cfg.word, 1, "the held-out part of the text")
-    run = open_run(cfg, out, resume, overwrite, text=text_path)
-    log.info("PA for '%s' on %d + %d sentences", cfg.word, len(fit_sents), len(held_sents))
-    store, key = ItemStore(run / "items"), job_key(cfg, device, model, text)
-    bank, rows = pa_analysis(model, tok, cfg, fit_sents, held_sents, store=store, key=key)
+    store, key = ItemStore(run / "items"), job_key(cfg, device, model, text, test_text)
+    bank, rows, baselines = pa_analysis(
+        model, tok, cfg, fit_sents, val_sents, test_sents, store=store, key=key
+    )
     bank.save(run / "templates")
     results = {
         "word": cfg.word,
         "model": cfg.model,
         "rows": rows,
-        "best": best_layer(rows, cfg.steps[0] if 0 not in cfg.steps else 0),
+        "best": best_layer(rows, 0 if 0 in cfg.steps else cfg.steps[0]),
+        "baselines": baselines,
         "n_fit_sentences": len(fit_sents),
-        "n_heldout_sentences": len(held_sents),
+        "n_validation_sentences": len(val_sents),
+        "n_test_sentences": len(test_sents),
+        "test_text": test_name,
         "env": environment(device, cfg.seed),
     }
     run.write_results(results)
     report = Report(f"Population averaging: '{cfg.word}' in {cfg.model}")
-    _pa_section(report, cfg.word, rows)
+    _pa_section(report, cfg.word, rows, baselines)
     return report.save(run.path)
 
 
-def _pa_section(report: Report, word: str, rows: list[dict]) -> None:
+def _interval(r: dict, rate: str) -> str:
+    return f"{r[rate]:.2f} [{r[rate + '_low']:.2f}, {r[rate + '_high']:.2f}]"
+
+
+def _pa_section(report: Report, word: str, rows: list[dict], baselines: dict) -> None:
     from lucidml.chunking import plots
 
-    b = best_layer(rows, 0 if any(r["step"] == 0 for r in rows) else rows[0]["step"])
+    step = 0 if any(r["step"] == 0 for r in rows) else rows[0]["step"]
+    b = best_layer(rows, step)
     report.heading(f"PA templates for '{word}'")
     report.text(
-        f"Best contextual layer at step {b['step']} on held-out text: index {b['layer']} with TPR "
-        f"{b['tpr']:.3f}, FPR {b['fpr']:.4f} (tau {b['tau']:.3g}, {b['n_dims']} neurons; "
-        f"{b['n_fit']} fitting and {b['n_heldout']} held-out occurrences). Index 0, the "
-        "token embeddings, is exact by construction and left out of the choice."
+        f"Layer, tau and theta are chosen on the validation sentences; rates are on the test "
+        f"text with 95% Wilson intervals. Best contextual layer at step {step}: index "
+        f"{b['layer']}, TPR {_interval(b, 'tpr')} of {b['n_pos']} occurrences, FPR "
+        f"{_interval(b, 'fpr')} of {b['n_neg']} other tokens (tau {b['tau']:.3g}, "
+        f"{b['n_dims']} neurons, fit on {b['n_fit']} occurrences). Index 0, the token "
+        "embeddings, is exact by construction and left out of the choice."
     )
+    ident = next(r for r in baselines["token_identity"] if r["step"] == step)
+    table = [
+        {
+            "detector": f"PA, index {b['layer']}",
+            "TPR": _interval(b, "tpr"),
+            "FPR": _interval(b, "fpr"),
+        },
+        {
+            "detector": "token identity",
+            "TPR": _interval(ident, "tpr"),
+            "FPR": _interval(ident, "fpr"),
+        },
+    ]
+    for name in ("mean_difference", "logistic_probe"):
+        if name in baselines:
+            r = next(x for x in baselines[name] if (x["step"], x["layer"]) == (step, b["layer"]))
+            label = f"{name.replace('_', ' ')}, index {b['layer']}"
+            table.append(
+                {"detector": label, "TPR": _interval(r, "tpr"), "FPR": _interval(r, "fpr")}
+            )
+    report.table(table)
     report.figure(
         plots.pa_layers(rows, word),
         f"pa_{word}",
-        "Held-out TPR and FPR per layer index (hidden_states convention), per step.",
+        "Test-text TPR and FPR per layer index (hidden_states convention), per step.",
     )
     report.table(
         [
-            {k: r[k] for k in ("step", "layer", "tau", "n_dims", "tpr", "fpr", "auroc")}
+            {k: r[k] for k in ("step", "layer", "tau", "n_dims", "tpr", "fpr", "n_pos", "auroc")}
             for r in rows
-            if r["step"] == b["step"]
+            if r["step"] == step
         ]
     )
 
@@ -529,34 +653,36 @@ def _pa_section(report: Report, word: str, rows: list[dict]) -> None:
 def _templates_for(cfg: GraftConfig, model, tok, text_path, templates_dir):
     """Check where the templates come from now: (a function that makes them later, a
     digest of their source: the templates folder's files or the text)."""
+    width = model.config.hidden_size
     if templates_dir is not None:
         bank = pa.TemplateBank.load(templates_dir)
-        found = bank.for_word(cfg.word, 0)
+        found = bank.for_word(cfg.word, cfg.step)
         missing = [ell for ell in cfg.layers if ell not in found]
         if missing:
             raise InputError(
-                f"{templates_dir} has no step-0 template of '{cfg.word}' at layer {missing[0]}"
+                f"{templates_dir} has no step-{cfg.step} template of '{cfg.word}' at layer "
+                f"{missing[0]}"
             )
-        return (lambda: {ell: found[ell] for ell in cfg.layers}), folder_digest(templates_dir)
+        for ell in cfg.layers:
+            if found[ell].mask.numel() != width:
+                raise InputError(
+                    f"the templates in {templates_dir} have width {found[ell].mask.numel()}, "
+                    f"the model's residual stream {width}: they come from another model"
+                )
+        picked = {ell: found[ell] for ell in cfg.layers}
+        graft_mod.injections_for(picked, cfg.mode, cfg.direction, cfg.strength)  # checked now
+        return (lambda: picked), folder_digest(templates_dir)
     text = read_text(text_path)
-    sents = split_sentences(text)
-    if len(sents) < MIN_SENTENCES:
-        raise InputError(
-            f"{text_path or 'the corpus'} is too short: it has {len(sents)} "
-            f"sentences and at least {MIN_SENTENCES} are needed"
-        )
-    _require_occurrences(
-        tok,
-        sents,
-        cfg.word,
-        max(cfg.min_occurrences, cfg.n_train + 1),
-        str(text_path or "the corpus"),
-    )
+    source = str(text_path or "the corpus")
+    fit_sents, val_sents = split_text(text, cfg.validation_fraction, source)
+    needed = max(cfg.min_occurrences, cfg.n_train + 1)
+    _require_occurrences(tok, fit_sents, cfg.word, needed, f"the fitting part of {source}")
+    _require_occurrences(tok, val_sents, cfg.word, 1, f"the validation part of {source}")
 
     def fit_now():
-        col = collect(model, tok, sents, cfg.layers)
+        col_fit, col_val = collect_split(model, tok, fit_sents, val_sents, cfg.layers)
         fitted = fit_word_templates(
-            col, tok, cfg.word, [0], cfg.layers, cfg.n_train, cfg.select, cfg.seed
+            col_fit, col_val, tok, cfg.word, [cfg.step], cfg.layers, cfg.n_train, cfg.seed
         )
         return {ell: t for (_, ell), t in fitted.items()}
 
@@ -572,10 +698,71 @@ def read_prompts(path: str | Path | None) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"prompt file {p} does not exist")
-    prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    try:
+        lines = p.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"prompt file {p} is not UTF-8 text") from None
+    prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise InputError(f"prompt file {p} holds no prompts (one per line expected)")
     return prompts
+
+
+def _sampling(cfg: GraftConfig) -> dict:
+    return dict(
+        top_p=cfg.top_p,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        chat=cfg.chat,
+        batch_size=cfg.batch_size,
+    )
+
+
+def graft_arms(
+    model,
+    tok,
+    cfg: GraftConfig,
+    prompts,
+    templates,
+    store: ItemStore | None = None,
+    key: str = "",
+    control: dict | None = None,
+) -> tuple[list[dict], dict]:
+    """The control arm and one grafted arm per strength of the sweep, each scored against
+    the control: (rows, control). An arm is {"texts", "perplexity"}; perplexity is taken
+    under the unmodified model. ``control`` reuses a control arm of the same prompts,
+    seed and sampling settings (it does not depend on the word)."""
+    sampling = _sampling(cfg)
+
+    def arm(injections=None) -> dict:
+        if injections is None:
+            texts = generate(model, tok, prompts, cfg.seed, **sampling)
+        else:
+            with graft_mod.inject(model, injections, cfg.positions, cfg.every_step):
+                texts = generate(model, tok, prompts, cfg.seed, **sampling)
+        ppl = graft_mod.continuation_perplexity(model, tok, prompts, texts, cfg.chat)
+        return {"texts": texts, "perplexity": [None if np.isnan(v) else v for v in ppl]}
+
+    if control is None:
+        control = cached(store, f"control-{key}", arm)
+    strengths = cfg.strength_sweep() if cfg.mode == "add" else [cfg.strength]
+    concepts = cfg.concepts
+    if concepts is None:
+        concepts = graft_mod.associated_words(model, tok, cfg.word)
+    rows = []
+    for s in strengths:
+        injections = graft_mod.injections_for(templates, cfg.mode, cfg.direction, s)
+        if cfg.mode == "add" and s == 0:  # adding 0 * ||h|| * d is the identity: the control
+            grafted = control
+        else:
+            grafted = cached(store, f"graft-s{s:g}-{key}", partial(arm, injections))
+        as_float = [np.nan if v is None else v for v in grafted["perplexity"]]
+        ctrl_ppl = [np.nan if v is None else v for v in control["perplexity"]]
+        row = graft_mod.compare_arms(
+            control["texts"], grafted["texts"], cfg.word, concepts, ctrl_ppl, as_float, cfg.seed
+        )
+        rows.append({"strength": s, **row, "concepts": concepts, "texts": grafted["texts"]})
+    return rows, control
 
 
 def graft_job(
@@ -589,41 +776,22 @@ def graft_job(
 ) -> Path:
     device = resolve_device(cfg.device)
     prompts = read_prompts(prompts_path)
+    if cfg.mode == "replace" and cfg.strengths:
+        raise InputError("--strengths sweeps an additive graft: use it with --mode add")
+    cfg.strength_sweep()
     model, tok = _load(cfg.model, device)
     _check_layers(cfg.layers, model.config.num_hidden_layers)
+    graft_mod.check_positions(cfg.positions, graft_mod.prompt_lengths(tok, prompts, cfg.chat))
     make_templates, source = _templates_for(cfg, model, tok, text_path, templates_dir)
     run = open_run(
         cfg, out, resume, overwrite, prompts=prompts_path, text=text_path, templates=templates_dir
     )
     store, key = ItemStore(run / "items"), job_key(cfg, device, model, prompts, source)
-    sampling = dict(
-        top_p=cfg.top_p,
-        temperature=cfg.temperature,
-        max_new_tokens=cfg.max_new_tokens,
-        chat=cfg.chat,
-        batch_size=cfg.batch_size,
-    )
-
-    def grafted_texts():
-        with graft(model, make_templates(), cfg.positions):
-            return generate(model, tok, prompts, cfg.seed, **sampling)
-
-    log.info("control and grafted arms on %d prompts", len(prompts))
-    control = cached(
-        store, f"control-{key}", lambda: generate(model, tok, prompts, cfg.seed, **sampling)
-    )
-    grafted = cached(store, f"graft-{key}", grafted_texts)
-    effect = score_arms(control, grafted, cfg.word, cfg.seed)
+    log.info("control and %s arms on %d prompts", cfg.mode, len(prompts))
+    rows, control = graft_arms(model, tok, cfg, prompts, make_templates(), store, key)
     results = {
-        "word": cfg.word,
+        **graft_summary(cfg, prompts, rows, control),
         "model": cfg.model,
-        "layers": cfg.layers,
-        "n_prompts": len(prompts),
-        **effect.summary(),
-        "examples": [
-            {"prompt": p, "control": c, "graft": g}
-            for p, c, g in zip(prompts[:5], effect.control_texts, effect.graft_texts, strict=False)
-        ],
         "env": environment(device, cfg.seed),
     }
     run.write_results(results)
@@ -632,23 +800,60 @@ def graft_job(
     return report.save(run.path)
 
 
+def graft_summary(cfg: GraftConfig, prompts, rows: list[dict], control: dict) -> dict:
+    """The results entry of one word's grafting: the setting, the row at ``cfg.strength``
+    at the top level, every strength under ``sweep``, and a few example pairs."""
+    main = next(r for r in rows if r["strength"] == cfg.strength)
+    return {
+        "word": cfg.word,
+        "mode": cfg.mode,
+        "direction": cfg.direction if cfg.mode == "add" else None,
+        "layers": cfg.layers,
+        "positions": cfg.positions,
+        "every_step": cfg.every_step,
+        "step": cfg.step,
+        "n_prompts": len(prompts),
+        **{k: v for k, v in main.items() if k != "texts"},
+        "sweep": [{k: v for k, v in r.items() if k not in ("texts", "concepts")} for r in rows],
+        "examples": [
+            {"prompt": p, "control": c, "graft": g}
+            for p, c, g in zip(prompts[:5], control["texts"], main["texts"], strict=False)
+        ],
+    }
+
+
 def _graft_section(report: Report, effects: list[dict]) -> None:
     from lucidml.chunking import plots
 
     report.heading("Grafting effect")
     report.text(
-        "Share of sampled continuations (prompt excluded) that contain the word, "
-        "with identical prompts, sampling settings and seeds in both arms."
+        "Share of sampled continuations (prompt excluded) that contain the word or one of "
+        "its concepts, with identical prompts, sampling settings and seeds in both arms; "
+        "95% Wilson intervals, exact McNemar p against the control, and mean perplexity "
+        "of the continuations under the unmodified model (fluency)."
     )
-    report.table(
-        [
-            {
-                k: e[k]
-                for k in ("word", "control_rate", "graft_rate", "mcnemar_p", "ci_low", "ci_high")
-            }
-            for e in effects
-        ]
-    )
+    for e in effects:
+        report.text(
+            f"'{e['word']}': {e['mode']} at layers {e['layers']}, positions {e['positions']}, "
+            f"{'every decode step' if e['every_step'] else 'prompt pass only'}; concepts: "
+            f"{', '.join(e.get('concepts') or []) or 'none'}."
+        )
+        report.table(
+            [
+                {
+                    "strength": r["strength"],
+                    "n": r["n"],
+                    "word rate": f"{r['word_rate']:.2f} [{r['word_rate_low']:.2f}, "
+                    f"{r['word_rate_high']:.2f}]",
+                    "control": f"{r['word_rate_control']:.2f}",
+                    "McNemar p": f"{r['mcnemar_p']:.3g}",
+                    "concept rate": f"{r.get('concept_rate', float('nan')):.2f} "
+                    f"(control {r.get('concept_rate_control', float('nan')):.2f})",
+                    "perplexity": f"{r['perplexity']:.1f} (control {r['perplexity_control']:.1f})",
+                }
+                for r in e["sweep"]
+            ]
+        )
     report.figure(
         plots.graft_effect(effects),
         "graft_effect",
@@ -715,10 +920,17 @@ def _ucd_layer(cfg: UCDConfig, tok, ell: int, collections: Collections, device: 
         device=device,
     )
     top = Counter(m.assignments.tolist()).most_common(8)
+    losses = {
+        "test_loss": ucd.state_losses(H_held, m.centers),
+        "one_chunk_test_loss": ucd.state_losses(H_held, ucd.one_chunk(H)),
+        "kmeans_test_loss": ucd.state_losses(H_held, ucd.kmeans_chunks(H, cfg.n_chunks, cfg.seed)),
+    }
     return {
         "layer": ell,
         "train_loss": m.losses[-1],
-        "test_loss": m.loss(H_held),
+        **{name: float(v.mean()) for name, v in losses.items()},
+        **{f"{name}_ci": list(bootstrap_ci(v, seed=cfg.seed)) for name, v in losses.items()},
+        "n_test_states": len(H_held),
         "live_chunks": len(m.live),
         "dead_last_epoch": m.dead_per_epoch[-1],
         "reseeded": m.reseeded,
@@ -781,6 +993,12 @@ def _ucd_section(report: Report, rows: list[dict]) -> None:
     from lucidml.chunking import plots
 
     report.heading("Unsupervised chunk discovery")
+    report.text(
+        "Test loss is -mean max cosine over held-out states (lower is better), next to two "
+        "baselines: one chunk (the mean direction of the fitting states) and sklearn "
+        "k-means with the same K on the unit states; 95% bootstrap intervals over states "
+        "in results.json."
+    )
     report.table(
         [
             {
@@ -789,6 +1007,9 @@ def _ucd_section(report: Report, rows: list[dict]) -> None:
                     "layer",
                     "train_loss",
                     "test_loss",
+                    "one_chunk_test_loss",
+                    "kmeans_test_loss",
+                    "n_test_states",
                     "live_chunks",
                     "dead_last_epoch",
                     "reseeded",
@@ -882,7 +1103,7 @@ def run_demo(
     overwrite: bool = False,
 ):
     """The demo's sections under ``plan``; returns the path of report.html."""
-    from lucidml.chunking.corpus import PROMPTS, everyday_sentences
+    from lucidml.chunking.corpus import PROMPTS, TEST_SENTENCES, everyday_sentences
 
     device = resolve_device(device)
     out_dir = claim("chunking", out_dir, overwrite=overwrite, resumable=False)
@@ -903,52 +1124,30 @@ def run_demo(
         "demo: collecting %d layers of %s on %d sentences", len(layers), plan.model, len(sents)
     )
     collections = collect_split(model, tok, fit_sents, held_sents, layers)
+    pa_collections = (*collections, collect(model, tok, list(TEST_SENTENCES), layers))
     results["pa"], results["graft"] = {}, []
     banks = {}
     for word in plan.pa_words:
         cfg = PAConfig(model=plan.model, word=word, steps=[0], layers=layers)
-        bank, rows = pa_analysis(model, tok, cfg, fit_sents, held_sents, collections)
-        results["pa"][word] = {"rows": rows, "best": best_layer(rows)}
+        bank, rows, baselines = pa_analysis(
+            model, tok, cfg, fit_sents, held_sents, TEST_SENTENCES, pa_collections
+        )
+        results["pa"][word] = {"rows": rows, "best": best_layer(rows), "baselines": baselines}
         banks[word] = bank
-        _pa_section(report, word, rows)
+        _pa_section(report, word, rows, baselines)
     gcfg = GraftConfig(
         model=plan.model,
         word=plan.graft_words[0],
         layers=list(plan.graft_layers),
         max_new_tokens=plan.max_new_tokens,
     )
-    sampling = dict(
-        top_p=gcfg.top_p, temperature=gcfg.temperature, max_new_tokens=gcfg.max_new_tokens
-    )
-    log.info("demo: sampling the control arm")
-    control = generate(model, tok, PROMPTS, gcfg.seed, **sampling)
+    control = None
     for word in plan.graft_words:
         log.info("demo: grafting '%s'", word)
-        templates = {ell: banks[word][(word, 0, ell)] for ell in gcfg.layers}
-        effect = occurrence_effect(
-            model,
-            tok,
-            PROMPTS,
-            word,
-            templates,
-            gcfg.positions,
-            gcfg.seed,
-            control_texts=control,
-            **sampling,
-        )
-        results["graft"].append(
-            {
-                "word": word,
-                **effect.summary(),
-                "examples": [
-                    {
-                        "prompt": PROMPTS[0],
-                        "control": effect.control_texts[0],
-                        "graft": effect.graft_texts[0],
-                    }
-                ],
-            }
-        )
+        wcfg = gcfg.updated(word=word)
+        templates = {ell: banks[word][(word, 0, ell)] for ell in wcfg.layers}
+        rows, control = graft_arms(model, tok, wcfg, PROMPTS, templates, control=control)
+        results["graft"].append(graft_summary(wcfg, PROMPTS, rows, control))
     _graft_section(report, results["graft"])
     ucfg = UCDConfig(
         model=plan.model, n_chunks=plan.ucd_chunks, epochs=plan.ucd_epochs, batch_size=256

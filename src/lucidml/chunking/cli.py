@@ -78,6 +78,28 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         raise InputError(f"{what} must be comma-separated integers, got '{text}'") from None
 
 
+def _floats(text: str | None, what: str) -> list[float] | None:
+    from lucidml.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers, got '{text}'") from None
+
+
+def _words(text: str | None) -> list[str] | None:
+    return None if text is None else [w.strip() for w in text.split(",") if w.strip()]
+
+
+def _positions(text: str | None):
+    """'last', 'all' or comma-separated prompt indices."""
+    if text is None or text.strip() in ("last", "all"):
+        return None if text is None else text.strip()
+    return _ints(text, "--positions (last, all or comma-separated integers)")
+
+
 def _needs_word(word: str | None, config: Path | None) -> None:
     from lucidml.errors import InputError
 
@@ -174,12 +196,13 @@ def pa(
             show_default=_default(PAConfig, "n_train"),
         ),
     ] = None,
-    select: Annotated[
-        str | None,
+    test_text: Annotated[
+        Path | None,
         typer.Option(
-            "--select",
-            help="How tau is chosen: accuracy | balanced",
-            show_default=_default(PAConfig, "select"),
+            "--test-text",
+            help="UTF-8 text the detectors are reported on (layer, tau and theta are "
+            "chosen on the last sentences of --text).",
+            show_default="the built-in test text (new contexts)",
         ),
     ] = None,
     out: Out = None,
@@ -190,7 +213,7 @@ def pa(
     resume: Resume = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Fit PA templates for a word per step and layer; score them on held-out sentences."""
+    """Fit PA templates per step and layer; report them and baselines on a test text."""
     start(quiet)
     _needs_word(word, config)
     from lucidml.chunking.api import pa_job
@@ -203,10 +226,9 @@ def pa(
         steps=_ints(steps, "--steps"),
         layers=_ints(layers, "--layers"),
         n_train=n_train,
-        select=select,
         seed=seed,
     )
-    _done(pa_job(cfg, text, out, resume, overwrite))
+    _done(pa_job(cfg, text, out, resume, overwrite, test_text))
 
 
 @app.command()
@@ -225,16 +247,73 @@ def graft(
         typer.Option(
             "--templates",
             help="A templates folder written by `lucid chunking pa`.",
-            show_default="fit step-0 templates on --text",
+            show_default="fit templates of --step on --text",
         ),
     ] = None,
     layers: Annotated[str | None, _layers(_default(GraftConfig, "layers"))] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="replace: set the template's neurons to its mean (the paper); add: add a "
+            "direction scaled to --strength of the residual norm.",
+            show_default=_default(GraftConfig, "mode"),
+        ),
+    ] = None,
+    direction: Annotated[
+        str | None,
+        typer.Option(
+            "--direction",
+            help="add: contrast (word mean minus the mean of other tokens) | template",
+            show_default=_default(GraftConfig, "direction"),
+        ),
+    ] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option(
+            "--strength",
+            help="add: the fraction of the residual norm added at each position.",
+            show_default=_default(GraftConfig, "strength"),
+        ),
+    ] = None,
+    strengths: Annotated[
+        str | None,
+        typer.Option(
+            "--strengths",
+            help="add: a dose-response sweep, e.g. 0,0.1,0.2,0.3 (--strength included).",
+            show_default="none",
+        ),
+    ] = None,
     positions: Annotated[
         str | None,
         typer.Option(
             "--positions",
-            help="Prompt positions to graft, e.g. -3,-2,-1.",
+            help="last | all | prompt indices, e.g. -3,-2,-1.",
             show_default=_default(GraftConfig, "positions"),
+        ),
+    ] = None,
+    every_step: Annotated[
+        bool | None,
+        typer.Option(
+            "--every-step/--prompt-only",
+            help="Also inject on every generated token, or on the prompt pass only.",
+            show_default="--every-step",
+        ),
+    ] = None,
+    step: Annotated[
+        int | None,
+        typer.Option(
+            "--step",
+            help="Templates of this step; +1 is the word about to be produced.",
+            show_default=_default(GraftConfig, "step"),
+        ),
+    ] = None,
+    concepts: Annotated[
+        str | None,
+        typer.Option(
+            "--concepts",
+            help="Comma-separated associated words to count.",
+            show_default="the 10 words nearest to the word's unembedding row",
         ),
     ] = None,
     max_new_tokens: Annotated[
@@ -253,7 +332,7 @@ def graft(
     resume: Resume = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Graft a word's templates into the prompt pass; compare word rates with a control."""
+    """Inject a word's templates or direction while sampling; compare with a control."""
     start(quiet)
     _needs_word(word, config)
     from lucidml.chunking.api import graft_job
@@ -264,7 +343,14 @@ def graft(
         model=model,
         device=device,
         layers=_ints(layers, "--layers"),
-        positions=_ints(positions, "--positions"),
+        mode=mode,
+        direction=direction,
+        strength=strength,
+        strengths=_floats(strengths, "--strengths"),
+        positions=_positions(positions),
+        every_step=every_step,
+        step=step,
+        concepts=_words(concepts),
         max_new_tokens=max_new_tokens,
         seed=seed,
     )

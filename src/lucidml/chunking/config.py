@@ -65,29 +65,54 @@ class PAConfig(Config):
     layers: list[int] | None = None  # None: every index 0..n_layers
     n_train: int = Field(5, ge=1)  # the paper uses 10 for punctuation
     min_occurrences: int = Field(10, ge=2)
-    select: Literal["accuracy", "balanced"] = "accuracy"
-    heldout_fraction: float = Field(0.3, gt=0, lt=1)
+    # the fitting text's last sentences, on which tau, theta and the layer are chosen
+    # (the paper chooses tau on the fitting text, sets theta to the largest training
+    # deviation and reports the held-out tail of the same text)
+    validation_fraction: float = Field(0.3, gt=0, lt=1)
+    baselines: bool = True  # token identity, logistic probe, difference of means
     seed: int = 0
     batch_size: int = Field(32, ge=1)
 
 
 class GraftConfig(Config):
-    """Graft a word's templates into the prompt pass and count the word in generations."""
+    """Inject a word's templates or direction while sampling; count the word in generations.
+
+    The paper's graft is ``mode="replace"`` at layers 2-9, ``positions=[-1]``, prompt pass
+    only. Ours (measured on SmolLM2, docs/chunking.md) adds the contrastive direction at
+    layer 6 at 0.25 of the residual norm, on every position and every decode step.
+    """
 
     model: str = LLM_DEFAULT
     device: str = "auto"
     word: str
-    layers: list[int] = list(range(2, 10))
-    positions: list[int] = [-1]  # the last prompt token
+    mode: Literal["replace", "add"] = "add"  # paper: replace
+    direction: Literal["contrast", "template"] = "contrast"  # add: what is added
+    strength: float = Field(0.25, ge=0, le=10)  # add: fraction of the residual norm
+    strengths: list[float] | None = None  # add: a dose-response sweep (strength included)
+    layers: list[int] = [6]  # paper: 2..9
+    positions: Literal["last", "all"] | list[int] = "all"  # paper: [-1]
+    every_step: bool = True  # paper: prompt pass only
+    step: int = Field(0, ge=-2, le=2)  # templates of this step (+1: the word about to come)
+    concepts: list[str] | None = None  # None: the word's nearest unembedding neighbours
     n_train: int = Field(5, ge=1)
     min_occurrences: int = Field(10, ge=2)
-    select: Literal["accuracy", "balanced"] = "accuracy"
+    validation_fraction: float = Field(0.3, gt=0, lt=1)
     top_p: float = Field(0.9, gt=0, le=1)
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(180, ge=1)  # the reference: 200 tokens with the prompt
     chat: bool = True
     seed: int = 0
     batch_size: int = Field(16, ge=1)
+
+    def strength_sweep(self) -> list[float]:
+        """The strengths to sample at: ``strengths`` with ``strength`` included, sorted."""
+        values = {self.strength, *(self.strengths or [])}
+        bad = [s for s in values if not 0 <= s <= 10]
+        if bad:
+            from lucidml.errors import InputError
+
+            raise InputError(f"strength {bad[0]} is outside 0..10 (a fraction of the norm)")
+        return sorted(values)
 
 
 class UCDConfig(Config):

@@ -69,8 +69,8 @@ def pa_layers(rows: list[dict], word: str):
 def graft_effect(effects: list[dict]):
     fig, ax = plt.subplots(figsize=(6, 3.2))
     x = np.arange(len(effects))
-    ax.bar(x - 0.2, [e["control_rate"] for e in effects], 0.4, label="control")
-    ax.bar(x + 0.2, [e["graft_rate"] for e in effects], 0.4, label="grafted")
+    ax.bar(x - 0.2, [e["word_rate_control"] for e in effects], 0.4, label="control")
+    ax.bar(x + 0.2, [e["word_rate"] for e in effects], 0.4, label="grafted")
     ax.set_xticks(x)
     ax.set_xticklabels([e["word"] for e in effects])
     ax.set_ylabel("share of continuations with the word")
