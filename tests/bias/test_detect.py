@@ -1,5 +1,4 @@
 import importlib.util
-import time
 
 import pytest
 import torch
@@ -277,10 +276,8 @@ def test_torchvision_detector_plumbing(one_thread, tmp_path):
     """Random weights find nobody in noise: this checks the shapes and types only."""
     from safetensors.torch import save_file
 
-    start = time.perf_counter()
     detector = TorchvisionDetector(allow_random=True)
     boxes = detector([torch.rand(3, 64, 64), torch.rand(3, 64, 64)])
-    assert time.perf_counter() - start < 3  # build and forward; the import is not timed
     assert detector.name == "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn"
     assert len(boxes) == 2
     assert all(isinstance(b, Box) for per_image in boxes for b in per_image)
