@@ -1,4 +1,5 @@
-"""editing benchmark: dump parsing throughput (processes, launches) and DuckDB vs pandas diff.
+"""editing benchmark: dump parsing throughput (processes, launches), bz2 decompression
+(standard library against indexed_bzip2 when installed) and DuckDB vs pandas diff.
 
     python benchmarks/editing_bench.py          # 50k entities, 1M-triple snapshots
     python benchmarks/editing_bench.py --full   # the issue's sizes: 200k entities, 10M triples
@@ -106,6 +107,37 @@ def time_launched(dump: Path, processes: int) -> float:
         return seconds(["--dump", str(dump), "--out", f"{out}/snap"]) - start_up
 
 
+def time_bz2(dump: Path) -> str:
+    """Decompression throughput of the dump as .bz2: the standard library (one core)
+    against the reader parse uses (indexed_bzip2 on every core when it is installed)."""
+    import bz2
+
+    packed = dump.with_suffix(".json.bz2")
+    packed.write_bytes(bz2.compress(dump.read_bytes(), 9))
+    mib = dump.stat().st_size / 2**20
+
+    def seconds(opener) -> float:
+        start = time.perf_counter()
+        with opener(packed) as f:
+            while f.read(1 << 22):
+                pass
+        return time.perf_counter() - start
+
+    plain = seconds(bz2.open)
+    try:
+        import indexed_bzip2  # noqa: F401
+    except ImportError:
+        return (
+            f"bz2 decompression: standard library {mib / plain:.1f} MiB/s of output; "
+            "indexed_bzip2 is not installed, so parse uses the standard library (not measured)"
+        )
+    parallel = seconds(wikidata.open_bz2)
+    return (
+        f"bz2 decompression: standard library {mib / plain:.1f} MiB/s, indexed_bzip2 on "
+        f"{os.cpu_count()} cores {mib / parallel:.0f} MiB/s (speed-up {plain / parallel:.2f}x)"
+    )
+
+
 def snapshot_pair(folder: Path, n_triples: int, churn: float = 0.1, seed: int = 0):
     rng = np.random.default_rng(seed)
     old = pd.DataFrame(
@@ -152,6 +184,8 @@ def main() -> None:
                 f"  accelerate launch, 2 processes: {n_entities / launched:,.0f} entities/s "
                 f"(speed-up {one / launched:.2f}x, launch start-up excluded)"
             )
+
+        print(time_bz2(dump))
 
         old, new = snapshot_pair(tmp, n_triples)
         start = time.perf_counter()

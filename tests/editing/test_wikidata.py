@@ -209,3 +209,76 @@ def test_snapshot_folder_checked(tmp_path):
         wikidata.diff(tmp_path, tmp_path)
     with pytest.raises(InputError, match="unknown diff kind"):
         wikidata.diff_pandas(pd.DataFrame(), pd.DataFrame(), kinds=("removed",))
+
+
+def test_a_preferred_no_value_overrides_the_normal_values():
+    """Wikidata's truthy rule: a preferred "no value" (or "unknown value") statement says
+    the normal-rank value beside it is stale, so the property keeps no item fact."""
+    for snaktype in ("novalue", "somevalue"):
+        claims = {
+            "P6": [statement("P6", "Q2"), statement("P6", None, "preferred", snaktype=snaktype)],
+            "P17": [statement("P17", "Q4")],
+        }
+        ent = entity("Q1", "Freedonia", claims)
+        assert wikidata.main_claims(ent) == [("Q1", "P17", "Q4", "normal")]
+        assert wikidata.main_claims(ent, best_rank=False) == [
+            ("Q1", "P6", "Q2", "normal"),
+            ("Q1", "P17", "Q4", "normal"),
+        ]
+
+
+def test_item_values_without_an_id_and_wrong_shapes_are_malformed_lines(tmp_path):
+    no_id = statement("P6", "Q2")
+    no_id["mainsnak"]["datavalue"]["value"] = {"entity-type": "item"}
+    numeric_only = statement("P6", "Q7")
+    del numeric_only["mainsnak"]["datavalue"]["value"]["id"]
+    assert wikidata.main_claims(entity("Q1", "x", {"P6": [numeric_only]})) == [
+        ("Q1", "P6", "Q7", "normal")
+    ]
+    bad_entities = [
+        entity("Q1", "x", {"P6": [no_id]}),
+        {**entity("Q1", "x"), "claims": {"P6": "x"}},
+        {**entity("Q1", "x"), "claims": ["P6"]},
+        {**entity("Q1", "x"), "labels": "x"},
+    ]
+    reasons = ["neither an id", "not a list of statement", "not an object", "labels"]
+    for i, (bad, reason) in enumerate(zip(bad_entities, reasons, strict=True)):
+        dump = write_dump(tmp_path / f"d{i}.json", [entity("Q9", "fine"), bad])
+        with pytest.raises(InputError, match=f"line 3 .*{reason}"):
+            wikidata.parse_dump(dump, tmp_path / f"out{i}")
+        assert not (tmp_path / f"out{i}").exists()
+        stats = wikidata.parse_dump(dump, tmp_path / f"skip{i}", on_error="skip")
+        assert stats["skipped_lines"] == [3] and stats["labels"] == 1
+
+
+def test_mul_labels_are_the_fallback_for_missing_english_ones(tmp_path):
+    mul_only = entity("Q2", "unused")
+    mul_only["labels"] = {"mul": {"language": "mul", "value": "Rufus T. Firefly"}}
+    both = entity("Q3", "Chicolini")
+    both["labels"]["mul"] = {"language": "mul", "value": "Chico"}
+    neither = entity("Q4", "unused")
+    neither["labels"] = {"de": {"language": "de", "value": "Pinky"}}
+    dump = write_dump(tmp_path / "d.json", [mul_only, both, neither])
+    wikidata.parse_dump(dump, tmp_path / "snap")
+    assert wikidata.read_labels(tmp_path / "snap") == {"Q2": "Rufus T. Firefly", "Q3": "Chicolini"}
+
+
+def test_bz2_dumps_go_through_indexed_bzip2_when_it_is_installed(tmp_path, monkeypatch):
+    """indexed_bzip2 is optional (not installed here): a stand-in module with its open()
+    signature checks that .bz2 dumps are routed to it, with a parallelisation."""
+    import sys
+    import types
+
+    plain = write_dump(tmp_path / "d.json", [_rich_entity()])
+    packed = tmp_path / "d.json.bz2"
+    packed.write_bytes(bz2.compress(plain.read_bytes()))
+    calls = []
+
+    def fake_open(path, parallelization=1):
+        calls.append((path, parallelization))
+        return bz2.open(path, "rb")
+
+    monkeypatch.setitem(sys.modules, "indexed_bzip2", types.SimpleNamespace(open=fake_open))
+    triples, _, _ = wikidata.read_dump(packed)
+    assert calls and calls[0][0] == str(packed) and calls[0][1] >= 1
+    assert triples == wikidata.read_dump(plain)[0]
