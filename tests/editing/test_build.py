@@ -341,3 +341,29 @@ def test_no_locality_probe_asks_about_a_fact_edited_at_any_timestep(tmp_path):
     parsed = sorted((tmp_path / "bench" / "snapshots").iterdir())
     labels = wikidata.read_labels(*parsed)
     assert all(labels[r["loc_subject_id"]] in r["loc"] for s in steps for r in s if r["loc"])
+
+
+def test_an_unlabelled_property_in_the_locality_pool_is_skipped_not_fatal(tmp_path):
+    # issue 17: a property without a label among the unchanged facts aborted the build
+    # and left <out>/snapshots behind; Harry Kane's P99 fact is his best locality match
+    with_p99 = {k: {**d, ("Q6", "P99"): ["Q16"]} for k, d in (("old", OLD), ("new", NEW))}
+    dumps = [facts_dump(tmp_path / f"{k}.json", d, LABELS, PROPS) for k, d in with_p99.items()]
+    folder, _ = api.build(dumps, tmp_path / "bench")
+    records = build.load_benchmark(folder)[0]
+    assert by_subject(records)["Harry Kane"]["loc"]  # a probe from the labelled facts
+    assert all(r["loc_relation_id"] != "P99" for r in records)
+
+
+def test_a_build_failing_after_parsing_leaves_nothing(tmp_path, monkeypatch):
+    dumps = [
+        facts_dump(tmp_path / "old.json", OLD, LABELS, PROPS),
+        facts_dump(tmp_path / "new.json", NEW, LABELS, PROPS),
+    ]
+
+    def fail(*args, **kwargs):
+        raise InputError("planted failure")
+
+    monkeypatch.setattr(build, "build_benchmark", fail)
+    with pytest.raises(InputError, match="planted"):
+        api.build(dumps, tmp_path / "bench")
+    assert not (tmp_path / "bench").exists()

@@ -231,8 +231,11 @@ def build_timestep(
     kept, dropped = filter_changes(changes, labels, new_triples, cfg)
     touched = edited_pairs(changes) | set(edited_elsewhere)
     same = wikidata.unchanged(old_dir, new_dir)
+    # a probe needs a question: a template for its property, or a label to build one from
     keep = [
-        sp not in touched and sp[1] not in cfg.property_blocklist
+        sp not in touched
+        and sp[1] not in cfg.property_blocklist
+        and (sp[1] in templates.table or bool(labels.get(sp[1])))
         for sp in zip(same["subject"], same["property"], strict=True)
     ]
     pool = same[keep]
