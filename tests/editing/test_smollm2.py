@@ -93,7 +93,8 @@ def test_rome_ten_counterfactuals_one_at_a_time(smollm2):
         return model
 
     rewrite, locality = rewrite_and_locality(smollm2, edit)
-    assert rewrite >= 0.9  # measured 0.97
+    # with the default prose covariance corpus (issue 17: 0.97 when it held the facts)
+    assert rewrite >= 0.8  # measured 0.833
     assert locality >= 0.7  # measured 0.85
 
 
@@ -104,8 +105,8 @@ def test_memit_ten_counterfactuals_in_one_batch(smollm2):
     rewrite, locality = rewrite_and_locality(
         smollm2, lambda model: editor.apply(model, smollm2[1], RECORDS)
     )
-    assert rewrite >= 0.9  # measured 0.97
-    assert locality >= 0.7  # measured 0.89
+    assert rewrite >= 0.9  # measured 0.967 (with the prose corpus; 0.97 with the facts)
+    assert locality >= 0.7  # measured 0.85 (0.89 with the facts)
 
 
 @pytest.mark.slow

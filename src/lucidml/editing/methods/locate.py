@@ -31,6 +31,11 @@ class LocateConfig(Config):
     # Prefixes the edit must hold under; the reference samples ten short model generations.
     prefixes: list[str] = [FEW_SHOT, ""]
     corpus: str | None = None  # text file for the key covariance; None = bundled prose
+    # Add the first embedded snapshot's facts as sentences to the bundled prose. They are
+    # the embedded benchmark's own subjects, so this helps edits on it (issue 17: ROME's
+    # rewrite over ten SmolLM2 counterfactuals 0.833 with prose, 0.967 with the facts);
+    # off by default, and reports name it when on.
+    corpus_facts: bool = False
     corpus_tokens: int = 8000  # reference: 100k Wikipedia samples
     stats_dir: str | None = None  # None = $LUCID_HOME/editing/stats
     seed: int = 0
@@ -329,13 +334,10 @@ def _edit_losses(model, module, eb: EditBatch, delta, base_logp, n: int):
     return nll, kl
 
 
-def bundled_corpus() -> list[str]:
-    """English text available offline: scikit-learn's dataset descriptions, and the facts of
-    the embedded snapshots as sentences ("The capital of France is Paris."), so that keys of
-    entity names are represented in the covariance."""
+def bundled_prose() -> list[str]:
+    """General English prose available offline: the paragraphs of scikit-learn's dataset
+    descriptions (about 5 000 words; no Wikidata facts)."""
     from importlib import resources
-
-    from lucidml.editing import wikidata
 
     folder = resources.files("sklearn.datasets").joinpath("descr")
     texts = [
@@ -343,29 +345,40 @@ def bundled_corpus() -> list[str]:
         for f in sorted(folder.iterdir(), key=lambda f: f.name)
         if f.name.endswith(".rst")
     ]
-    prose = [p.strip() for t in texts for p in t.split("\n\n") if len(p.split()) > 8]
+    return [p.strip() for t in texts for p in t.split("\n\n") if len(p.split()) > 8]
+
+
+def snapshot_facts() -> list[str]:
+    """The first embedded snapshot's facts as sentences ("The capital of France is Paris.")."""
+    from importlib import resources
+
+    from lucidml.editing import wikidata
+
     snapshots = resources.files("lucidml.editing").joinpath("data/snapshots")
     first = sorted(f for f in snapshots.iterdir() if f.name.endswith(".jsonl"))[0]
     triples, labels, _ = wikidata.read_dump(Path(str(first)))
     name = dict(labels)
-    facts = [
+    return [
         f"The {name[p]} of {name[s]} is {name[o]}."
         for s, p, o, _ in triples
         if s in name and p in name and o in name
     ]
-    # interleave so any token budget sees both kinds of text
-    return [
-        x
-        for pair in zip(
-            prose, [" ".join(facts[i :: len(prose)]) for i in range(len(prose))], strict=True
-        )
-        for x in pair
-    ]
 
 
-def read_corpus(path: str | None) -> list[str]:
+def bundled_corpus(with_facts: bool = False) -> list[str]:
+    """The bundled prose; ``with_facts`` interleaves the embedded snapshot's facts with it,
+    so any token budget sees both kinds of text."""
+    prose = bundled_prose()
+    if not with_facts:
+        return prose
+    facts = snapshot_facts()
+    chunks = [" ".join(facts[i :: len(prose)]) for i in range(len(prose))]
+    return [x for pair in zip(prose, chunks, strict=True) for x in pair]
+
+
+def read_corpus(path: str | None, with_facts: bool = False) -> list[str]:
     if path is None:
-        return bundled_corpus()
+        return bundled_corpus(with_facts)
     from lucidml.errors import require_file
 
     text = require_file(path, "corpus file").read_text()
@@ -407,7 +420,7 @@ def cached_covariance(
     from lucidml.core.runs import atomic_write_bytes, digest
     from lucidml.core.zoo import lucid_home
 
-    corpus = read_corpus(cfg.corpus)
+    corpus = read_corpus(cfg.corpus, cfg.corpus_facts)
     folder = Path(cfg.stats_dir) if cfg.stats_dir else lucid_home() / "editing" / "stats"
     # the model by its class, config and first parameters (cheap, and enough to tell
     # checkpoints apart), with what the statistics are computed over
