@@ -6,6 +6,7 @@ at least ``update`` (the question) and ``ans`` (the answer).
 
 from __future__ import annotations
 
+from lucidml.editing.methods.alphaedit import AlphaEdit
 from lucidml.editing.methods.base import Editor
 from lucidml.editing.methods.ft import FullFineTune
 from lucidml.editing.methods.lora import LoRA, LoRAMerge
@@ -15,7 +16,7 @@ from lucidml.editing.methods.rome import ROME
 from lucidml.errors import InputError
 
 METHODS: dict[str, type[Editor]] = {
-    cls.name: cls for cls in (FullFineTune, LoRA, LoRAMerge, RAG, ROME, MEMIT)
+    cls.name: cls for cls in (FullFineTune, LoRA, LoRAMerge, RAG, ROME, MEMIT, AlphaEdit)
 }
 
 

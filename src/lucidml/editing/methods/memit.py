@@ -82,8 +82,13 @@ class MEMIT(CovarianceEditor):
             h = torch.cat([out for _, out in acts]).to(exact).double()
             R = (z - h).T / (len(modules) - i)
             weight = get_module(model, module).weight
-            lam = cfg.mom2_weight if cfg.mom2_weight is not None else key_scaled(len(K))
-            dw = memit_update(R, K, self.cov[module].to(exact), lam)
+            dw = self.layer_update(module, R, K)
             with torch.no_grad():
                 weight += dw.to(weight.device, weight.dtype)
         return model
+
+    def layer_update(self, module: str, R: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        """The change of one layer's matrix for residuals R (d_out, n) at keys K (d_in, n)."""
+        cfg = self.config
+        lam = cfg.mom2_weight if cfg.mom2_weight is not None else key_scaled(len(K))
+        return memit_update(R, K, self.cov[module].to(K.device), lam)
