@@ -147,6 +147,15 @@ def test_run_on_tiny_model_then_resume(tmp_path, capsys, tiny_lm):
     assert (tmp_path / "run" / "report.html").is_file()
     report = (tmp_path / "run" / "report.md").read_text()
     assert "first token" in report and report.count("Before the first edits") == 1
+    assert "retention" in report and "n=6" in report  # the R heatmap; 2 x 3 rewrites
+    final = results["final"]
+    assert final["rewrite_n"] == 6 and len(final["rewrite_ci"]) == 2
+    assert final["rewrite_ci"][0] <= final["rewrite"] <= final["rewrite_ci"][1]
+    import pandas as pd
+
+    probes = pd.read_parquet(tmp_path / "run" / "probes.parquet")
+    rewrites = probes[(probes["kind"] == "rewrite") & (probes["phase"] == "after")]
+    assert len(rewrites) == 6 and rewrites["greedy"].notna().all()
     assert lucid(*args) == 2
     assert "--resume" in capsys.readouterr().err
     assert lucid(*args, "--resume") == 0
@@ -171,7 +180,8 @@ def test_config_file_settings_survive_the_command_line_defaults(tmp_path, monkey
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
         "method: rag\nmodel: some/model\ndevice: cpu\nseed: 7\nskip_known: true\n"
-        "hparams: {top_k: 3}\n"
+        "hparams: {top_k: 3}\nbenchmark: some/bench\nmax_edits: 5\n"
+        "eval: {few_shot: false, past_max: 9}\n"
     )
     assert lucid("editing", "run", "--config", str(cfg)) == 0
     got = seen[-1]
@@ -182,12 +192,18 @@ def test_config_file_settings_survive_the_command_line_defaults(tmp_path, monkey
         7,
         True,
     )
+    assert (got.benchmark, got.max_edits, got.eval.few_shot, got.eval.past_max) == (
+        "some/bench",
+        5,
+        False,
+        9,
+    )
     assert got.hparams == {"top_k": 3}
     # options given on the command line win, and --hparam adds to the file's hparams
     args = ("--config", str(cfg), "--seed", "3", "--edit-known", "--hparam", "encoder=x")
     assert lucid("editing", "run", *args) == 0
     got = seen[-1]
-    assert (got.method, got.seed, got.skip_known) == ("rag", 3, False)
+    assert (got.method, got.seed, got.skip_known, got.max_edits) == ("rag", 3, False, 5)
     assert got.hparams == {"top_k": 3, "encoder": "x"}
 
 
@@ -303,3 +319,82 @@ def test_bad_benchmarks_and_outputs_fail_before_the_model_loads(tmp_path, capsys
     assert lucid("editing", "run", "--method", "rag", "--out", str(tmp_path / "afile")) == 2
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err and "loading" not in err
+
+
+# two timesteps in the layout of the released WikiBigEdit files, written by hand
+RELEASED = [
+    [
+        {
+            "tag": "update",
+            "subject": "Freedonia",
+            "update": "Who is the head of government of Freedonia?",
+            "rephrase": "Who leads the government of Freedonia?",
+            "personas": {"pirate": "Arr, who be runnin' Freedonia's government?"},
+            "ans": "Rufus T. Firefly",
+            "loc": "What is the capital of Sylvania?",
+            "loc_ans": "Trentino",
+            "mhop": "Who is the spouse of the head of government of Freedonia?",
+            "mhop_ans": "Mrs. Teasdale",
+        },
+        {
+            "tag": "new",
+            "subject": "Sylvania",
+            "update": "Who is the ambassador of Sylvania?",
+            "rephrase": "Who serves as Sylvania's ambassador?",
+            "personas": ["Pray tell, who is Sylvania's ambassador?"],
+            "ans": "Chicolini",
+            "loc": "",
+            "loc_ans": "",
+            "mhop": None,
+            "mhop_ans": None,
+        },
+    ],
+    [
+        {
+            "tag": "update",
+            "subject": "Freedonia",
+            "update": "Who is the head of government of Freedonia?",
+            "rephrase": "Who leads the government of Freedonia?",
+            "personas": "Who runs Freedonia these days?",
+            "ans": "Pinky",
+            "loc": "What is the capital of Sylvania?",
+            "loc_ans": "Trentino",
+        }
+    ],
+]
+
+
+def test_import_reads_the_released_wikibigedit_layout(tmp_path, capsys):
+    from lucidml.editing.build import load_benchmark
+
+    files = []
+    for t, records in enumerate(RELEASED):
+        files += ["--wikibigedit", str(tmp_path / f"t{t}.json")]
+        (tmp_path / f"t{t}.json").write_text(json.dumps(records))
+    assert lucid("editing", "import", *files, "--out", str(tmp_path / "bench")) == 0
+    assert "timestep 1: 1 records" in capsys.readouterr().out
+    steps = load_benchmark(tmp_path / "bench")
+    first, second = steps[0]
+    assert (first["update"], first["ans"], first["mhop_ans"]) == (
+        RELEASED[0][0]["update"],
+        "Rufus T. Firefly",
+        "Mrs. Teasdale",
+    )
+    assert first["personas"] == {"pirate": "Arr, who be runnin' Freedonia's government?"}
+    assert second["personas"] == {"persona_0": "Pray tell, who is Sylvania's ambassador?"}
+    assert second["loc"] is None and second["mhop"] is None  # empty fields are no probe
+    assert steps[1][0]["personas"] == {"persona_0": "Who runs Freedonia these days?"}
+    assert [r["timestep"] for s in steps for r in s] == [0, 0, 1]
+
+    # a record without its answer: one sentence, exit 2, nothing written
+    broken = [dict(RELEASED[0][0])]
+    del broken[0]["ans"]
+    (tmp_path / "bad.json").write_text(json.dumps(broken))
+    args = ("editing", "import", "--wikibigedit", str(tmp_path / "bad.json"))
+    assert lucid(*args, "--out", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.json, record 1 has no 'ans' text" in err[0]
+    (tmp_path / "bad.json").write_text("{")
+    assert lucid(*args, "--out", str(tmp_path / "o")) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -11,7 +11,8 @@ from lucidml.editing.methods import Editor
 
 
 class LookupLM(torch.nn.Module):
-    """Predicts the next token exactly for token sequences it knows, else token 0."""
+    """Predicts the next token of a known token sequence wherever the tokens so far are
+    one's start (so greedy decoding from a known question gives its answer), else token 0."""
 
     def __init__(self, vocab, known=()):
         super().__init__()
@@ -20,11 +21,16 @@ class LookupLM(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, input_ids, attention_mask, position_ids=None):
+        following = {}
+        for seq in sorted(self.known):
+            for k in range(len(seq) - 1):
+                following.setdefault(seq[: k + 1], seq[k + 1])
         logits = torch.zeros(*input_ids.shape, self.vocab)
         for i, (row, m) in enumerate(zip(input_ids, attention_mask, strict=True)):
+            where = m.bool().nonzero().squeeze(-1).tolist()
             real = tuple(row[m.bool()].tolist())
-            nxt = torch.roll(row, -1) if real in self.known else torch.zeros_like(row)
-            logits[i, torch.arange(len(row)), nxt] = 1.0
+            for k, position in enumerate(where):
+                logits[i, position, following.get(real[: k + 1], 0)] = 1.0
 
         class Out:
             pass
@@ -137,7 +143,9 @@ def test_checkpoint_and_resume(tiny_lm, tmp_path):
     run = Run("editing", tmp_path / "run")
     with pytest.raises(RuntimeError, match="stopped"):
         run_lifelong(model, tok, Crash(tok), timesteps, run=run)
-    assert run.done("state")
+    # JSON and safetensors, no pickle
+    stored = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert stored == ["state-0000.safetensors", "state.json"]
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
     # a fresh process: a new model that knows only the locality facts, and a new editor
     fresh = lookup_model(tok, timesteps)
@@ -158,3 +166,47 @@ def test_skip_known_filters_edits(tiny_lm):
     out = run_lifelong(model, tok, Memorise(tok), timesteps, skip_known=True)
     assert out["timesteps"][0]["n_edits"] == 3
     assert out["timesteps"][0]["pre_rewrite"] == 0.25
+
+
+def test_degenerate_multihop_probes_are_dropped_with_a_count(tiny_lm):
+    tok = tiny_lm[1]
+    timesteps = stream(n_t=1, n=3)
+    recs = timesteps[0]
+    # copied: the answer is in the question; known: the unedited model answers it; kept
+    recs[0] |= {"mhop": "who leads the club of alice ?", "mhop_ans": "alice"}
+    recs[1] |= {"mhop": "who leads the club of bob ?", "mhop_ans": "grace"}
+    recs[2] |= {"mhop": "who leads the club of carol ?", "mhop_ans": "heidi"}
+    model = lookup_model(tok, timesteps)
+    model.known.add(ids(tok, recs[1]["mhop"], "grace"))
+    out = run_lifelong(model, tok, Memorise(tok), timesteps, EvalConfig(canary=False))
+    assert out["mhop_dropped"] == {"answer_in_question": 1, "known_before_edits": 1}
+    probes = out["probes"]
+    mhop = probes[(probes["kind"] == "mhop") & (probes["phase"] == "after")]
+    assert list(mhop["record"]) == [2] and out["timesteps"][0]["mhop_n"] == 1
+    assert out["timesteps"][0]["mhop"] == 0.0  # the lookup model never learnt heidi
+
+
+def test_probe_table_and_intervals_of_every_mean(tiny_lm, tmp_path):
+    from lucidml.editing.summary import PROBE_COLUMNS
+
+    tok = tiny_lm[1]
+    timesteps = stream(n_t=2, n=4)
+    model = lookup_model(tok, timesteps)
+    run = Run("editing", tmp_path / "run")
+    out = run_lifelong(model, tok, Memorise(tok), timesteps, EvalConfig(canary=False), run=run)
+    import pandas as pd
+
+    table = pd.read_parquet(tmp_path / "run" / "probes.parquet")
+    assert tuple(table.columns) == PROBE_COLUMNS
+    # 2 timesteps x 4 records x (rewrite + loc) before and after, and 4 past probes at t=1
+    assert len(table) == 2 * 4 * 2 * 2 + 4
+    after = table[(table["phase"] == "after") & (table["kind"] == "rewrite")]
+    assert (after["greedy"] == after["gold"]).all() and (after["exact_match"] == 1).all()
+    row = out["timesteps"][1]
+    assert row["rewrite_n"] == 4 and row["past_n"] == 4 and row["loc_agree_n"] == 4
+    # all four rewrites right: the Wilson interval of 4/4 is [0.510, 1]
+    assert row["rewrite_em_ci"] == pytest.approx([0.5101, 1.0], abs=1e-4)
+    assert row["pre_rewrite_em_ci"] == pytest.approx([0.0, 0.4899], abs=1e-4)
+    final = out["final"]
+    assert final["rewrite_n"] == 8 and final["rewrite_ci"] == [1.0, 1.0]
+    assert all(f"{k}_ci" in final for k in ("rewrite", "loc_gold", "loc_agree", "past"))

@@ -1,4 +1,5 @@
 import copy
+import json
 import zlib
 
 import numpy as np
@@ -74,7 +75,7 @@ def rewrite(model, tok, records):
 
 
 def test_registry():
-    assert set(methods.METHODS) == {"ft", "lora", "lora_merge", "rag", "rome", "memit"}
+    assert set(methods.METHODS) == {"ft", "lora", "lora_merge", "rag", "rome", "memit", "alphaedit"}
     lora = methods.get("lora", r=8)
     assert (lora.config.r, lora.config.alpha, lora.config.target_modules) == (
         8,
@@ -195,16 +196,15 @@ def test_rag_retrieves_own_fact_and_rephrase(tiny_lm):
 
 
 def test_rag_memory_survives_a_checkpoint(tiny_lm, tmp_path):
-    """Checkpoints load with weights_only: the memory must be tensors and plain values."""
-    from lucidml.core.runs import Run
+    """Checkpoints are JSON and safetensors: the memory must be tensors and plain values."""
+    from lucidml.editing.state import load_state, save_state
 
     model, tok = tiny_lm
     editor = methods.get("rag", embedder=hashing_embedder)
     editor.apply(model, tok, FACTS)
-    run = Run("editing", tmp_path / "run")
-    run.checkpoint("state", {"editor": editor.state_dict()})
+    save_state(tmp_path, "state", 0, {"editor": editor.state_dict()})
     restored = methods.get("rag", embedder=hashing_embedder)
-    restored.load_state_dict(run.resume("state")["editor"])
+    restored.load_state_dict(load_state(tmp_path, "state")["editor"])
     question = ["which city is peru governed from ?"]
     assert restored.memory == editor.memory and restored.contexts(question) == editor.contexts(
         question
@@ -332,3 +332,127 @@ def test_activations_stop_after_the_last_site_and_stay_exact(tiny_lm):
     rows = torch.arange(len(eb.subject_pos))
     full = hidden.hidden_states[2][rows, eb.subject_pos].mean(0)  # output of block 1
     assert torch.allclose(out[0], full, atol=1e-5) and key.shape[-1] > 0
+
+
+def test_alphaedit_keeps_preserved_keys_and_earlier_edits_closed_form():
+    """A random linear layer: preserved keys span 6 of 10 input directions. The projected
+    update leaves their outputs unchanged, and a second edit keeps the first one."""
+    from lucidml.editing.methods.alphaedit import alphaedit_update, null_space_projector
+
+    g = torch.Generator().manual_seed(0)
+    d_in, d_out = 10, 7
+    W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    K0 = torch.randn(d_in, 6, generator=g, dtype=torch.float64)  # preserved keys
+    C = K0 @ K0.T / 6
+    P = null_space_projector(C, 1e-8)
+    assert round(float(P.trace())) == 4 and torch.allclose(P @ K0, torch.zeros_like(K0), atol=1e-10)
+    k1, v1 = (
+        torch.randn(d_in, 1, generator=g, dtype=torch.float64),
+        torch.randn(d_out, 1, generator=g, dtype=torch.float64),
+    )
+    l2 = 1e-8  # nearly no ridge: the edit is met exactly where the null space allows
+    W1 = W + alphaedit_update(v1 - W @ k1, k1, P, torch.zeros(d_in, d_in, dtype=torch.float64), l2)
+    assert torch.allclose(W1 @ K0, W @ K0, atol=1e-5)
+    assert torch.allclose(W1 @ k1, v1, atol=1e-5)
+    k2, v2 = (
+        torch.randn(d_in, 1, generator=g, dtype=torch.float64),
+        torch.randn(d_out, 1, generator=g, dtype=torch.float64),
+    )
+    W2 = W1 + alphaedit_update(v2 - W1 @ k2, k2, P, k1 @ k1.T, l2)
+    assert torch.allclose(W2 @ K0, W @ K0, atol=1e-5)
+    assert torch.allclose(W2 @ k2, v2, atol=1e-5)
+    assert torch.allclose(W2 @ k1, v1, atol=1e-5)  # the first edit survives the second
+    # without the earlier edit's keys the second update moves the first edit
+    W2_forgetful = W1 + alphaedit_update(v2 - W1 @ k2, k2, P, torch.zeros_like(P), l2)
+    assert (W2_forgetful @ k1 - v1).abs().max() > 1e-2
+
+
+def test_alphaedit_on_a_tiny_model_leaves_the_preserved_keys_alone(tiny_lm, corpus):
+    model, tok = tiny_lm
+    records = [
+        {"update": f"what is the capital of {c} ?", "ans": a, "subject": c}
+        for c, a in (("peru", "oslo"), ("chile", "cairo"))
+    ]
+    editor = methods.get("alphaedit", layers=[0, 1], v_steps=10, nullspace_threshold=1e-3, **corpus)
+    edited = editor.apply(copy.deepcopy(model), tok, records)
+    for layer in (0, 1):
+        name = f"model.layers.{layer}.mlp.down_proj"
+        dw = (edited.get_submodule(name).weight - model.get_submodule(name).weight).double()
+        P = editor._projectors[name]
+        assert dw.abs().max() > 0 and torch.allclose(dw @ P, dw, atol=1e-6)  # rows in range(P)
+        assert editor.edited_keys[name].shape == P.shape
+
+
+RESUMABLE = {
+    "ft": {"epochs": 1},
+    "lora": {"epochs": 1, "mode": "continue"},
+    "lora_merge": {"epochs": 1},
+    "rag": {},
+    "rome": {"layer": 1, "v_steps": 3},
+    "memit": {"layers": [0, 1], "v_steps": 3},
+    "alphaedit": {"layers": [0, 1], "v_steps": 3, "nullspace_threshold": 1e-3},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESUMABLE))
+def test_every_method_interrupted_mid_stream_resumes_to_identical_results(
+    name, tiny_lm, corpus, tmp_path
+):
+    from lucidml.core.runs import Run
+    from lucidml.editing.config import EvalConfig
+    from lucidml.editing.lifelong import run_lifelong
+
+    model, tok = tiny_lm
+    timesteps = [FACTS[:3], FACTS[3:6]]  # killed while editing the second
+    cfg = EvalConfig(canary=False, past_max=2)
+    hp = {**RESUMABLE[name], **(corpus if name in ("rome", "memit", "alphaedit") else {})}
+
+    def editor():
+        extra = {"embedder": hashing_embedder} if name == "rag" else {}
+        return methods.get(name, **extra, **hp)
+
+    whole = run_lifelong(copy.deepcopy(model), tok, editor(), timesteps, cfg)
+    interrupted = editor()
+    apply, calls = interrupted.apply, []
+
+    def killed_in_timestep_1(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return apply(*args)
+
+    interrupted.apply = killed_in_timestep_1
+    with pytest.raises(RuntimeError, match="killed"):
+        run_lifelong(
+            copy.deepcopy(model), tok, interrupted, timesteps, cfg, Run("editing", tmp_path / "r")
+        )
+    assert not list((tmp_path / "r").rglob("*.pt"))  # no pickle
+    resumed = run_lifelong(
+        copy.deepcopy(model), tok, editor(), timesteps, cfg,
+        Run("editing", tmp_path / "r", resume=True),
+    )  # fmt: skip
+
+    def timeless(result):  # as text, so NaN (nothing to score yet) equals NaN
+        rows = [
+            {k: v for k, v in r.items() if k != "seconds_per_edit"} for r in result["timesteps"]
+        ]
+        final = {k: v for k, v in result["final"].items() if k != "seconds_per_edit"}
+        return json.dumps([rows, final, result["R"]], sort_keys=True)
+
+    assert timeless(resumed) == timeless(whole)
+    assert resumed["probes"].equals(whole["probes"])
+    a, b = resumed["model"].state_dict(), whole["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_default_covariance_corpus_holds_no_benchmark_facts():
+    """Issue 17: the default corpus had the embedded snapshot's facts in it, which lifted
+    ROME's rewrite on the embedded benchmark; now prose only, the facts on request."""
+    facts = locate.snapshot_facts()
+    assert len(facts) > 50 and "The head of government of" in " ".join(facts)
+    prose = " ".join(locate.read_corpus(None))
+    assert not any(f in prose for f in facts)
+    assert len(prose.split()) > 4000
+    with_facts = " ".join(locate.read_corpus(None, with_facts=True))
+    assert all(f in with_facts for f in facts)
+    assert locate.LocateConfig().corpus_facts is False

@@ -141,9 +141,9 @@ def build(
             templates=cfg.templates, **{f"snapshot{i}": p for i, p in enumerate(paths)}
         ),
     )
-    if llm is None and cfg.llm:
-        llm = _question_llm(cfg.llm, device)
     try:
+        if llm is None and cfg.llm:
+            llm = _question_llm(cfg.llm, device)
         folders = []
         for path in paths:
             if path.is_file():
@@ -151,16 +151,53 @@ def build(
                 _parse_into(ParseConfig(dump=str(path), best_rank=cfg.best_rank), parsed, resume)
                 path = parsed
             folders.append(path)
+        answers = folder / "llm_answers.jsonl"
+        if not resume:
+            answers.unlink(missing_ok=True)
+        if llm is not None:
+            llm = CachedQuestionLLM(llm, answers)
+        manifest = B.build_benchmark(folders, folder, cfg, llm, device)
     except LucidError:
+        # bad input: a folder this call made goes again (a killed build keeps its folder,
+        # with the parsed snapshots and the LLM's answers, for --resume)
         if made:
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    answers = folder / "llm_answers.jsonl"
-    if not resume:
-        answers.unlink(missing_ok=True)
-    if llm is not None:
-        llm = CachedQuestionLLM(llm, answers)
-    manifest = B.build_benchmark(folders, folder, cfg, llm, device)
+    return folder, manifest
+
+
+def import_wikibigedit(
+    files: list[str | Path], out: str | Path | None = None, overwrite: bool = False
+) -> tuple[Path, dict]:
+    """A benchmark folder from the reference's released timestep files (oldest first),
+    for ``run --benchmark``. Every file is read and checked before anything is written."""
+    from lucidml.editing.released import read_release
+
+    if not files:
+        raise InputError("pass at least one --wikibigedit FILE (one per timestep, oldest first)")
+    steps = [read_release(f, t) for t, f in enumerate(files)]
+    folder = claim(
+        "editing",
+        out,
+        {"wikibigedit": [str(f) for f in files]},
+        overwrite=overwrite,
+        resumable=False,
+        inputs={f"timestep{t}": Path(f) for t, f in enumerate(files)},
+    )
+    counts = [
+        {
+            "timestep": t,
+            "file": str(f),
+            "kept": len(records),
+            "with_locality": sum(r["loc"] is not None for r in records),
+            "with_multihop": sum(r["mhop"] is not None for r in records),
+        }
+        for t, (f, records) in enumerate(zip(files, steps, strict=True))
+    ]
+    manifest = {"source": "wikibigedit release", "timesteps": counts}
+    for t, records in enumerate(steps):
+        B.save_timestep(folder, t, records)
+    write_json(folder / "benchmark.json", manifest)
     return folder, manifest
 
 
@@ -227,12 +264,14 @@ def run(
         model, tokenizer, editor, timesteps, cfg.eval, r, cfg.skip_known, cfg.seed
     )
     edited = result.pop("model")
+    result.pop("probes")  # written by the loop as probes.parquet
     if save_model:
         saved = editor.save(r.path, edited, tokenizer)
         log.info("saved %s in %s", ", ".join(saved), r.path)
     results = {
         "method": cfg.method,
         "model": cfg.model,
+        "editor": editor.config.model_dump(mode="json"),  # the effective hyperparameters
         **result,
         "env": environment(device, cfg.seed),
     }
@@ -260,23 +299,61 @@ def _fmt(v, digits: int = 3):
     return round(v, digits) if isinstance(v, float) and not math.isnan(v) else "-"
 
 
+def _with_ci(metrics: dict, key: str, digits: int = 2) -> str:
+    """ "0.83 [0.71, 0.91] n=57": a mean, its 95% interval and the probes behind it."""
+    v = metrics.get(key, math.nan)
+    if _missing(v):
+        return "-"
+    text = f"{v:.{digits}f}"
+    ci, n = metrics.get(f"{key}_ci"), metrics.get(f"{key}_n")
+    if ci and not any(_missing(x) for x in ci):
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text + (f" n={n}" if n else "")
+
+
 def _fmt_row(name: str, result: dict) -> dict:
     final, last = result["final"], (result["timesteps"] or [{}])[-1]
-    row = {"method": name, **{k: _fmt(final.get(k, math.nan)) for k in METRICS}}
+    row = {"method": name, **{k: _with_ci(final, k) for k in METRICS}}
     row["bwt"] = _fmt(result["bwt"])
     row["s/edit"] = _fmt(final.get("seconds_per_edit", math.nan), 2)
     row["canary ppl"] = _fmt(last.get("canary_ppl", math.nan), 2)  # after the last timestep
     return row
 
 
-def _strict_row(name: str, metrics: dict, kinds=STRICT_KINDS) -> dict:
-    """Per probe kind, "teacher-forced / first token / EM" in one cell, side by side."""
+def _strict_row(name: str, metrics: dict, kinds=STRICT_KINDS, prefix: str = "") -> dict:
+    """Per probe kind, "teacher-forced / first token / EM" in one cell, side by side,
+    then the EM's 95% interval and n."""
     row = {"method": name}
     for kind in kinds:
-        keys = (kind, f"{kind}_first_token", f"{kind}_em")
+        keys = [prefix + k for k in (kind, f"{kind}_first_token", f"{kind}_em")]
         values = [metrics.get(k, math.nan) for k in keys]
-        row[kind] = " / ".join("-" if _missing(v) else f"{v:.2f}" for v in values)
+        cell = " / ".join("-" if _missing(v) else f"{v:.2f}" for v in values)
+        ci, n = metrics.get(f"{keys[2]}_ci"), metrics.get(f"{keys[2]}_n")
+        if ci and not any(_missing(x) for x in ci):
+            cell += f" (EM [{ci[0]:.2f}, {ci[1]:.2f}] n={n})"
+        row[kind] = cell
     return row
+
+
+def _r_heatmap(ax, R: list[list[float]], title: str, first: bool):
+    """R[t, t'] (rewrite accuracy on timestep t' edits after timestep t) as an image."""
+    import numpy as np
+
+    T = len(R)
+    grid = np.full((T, T), np.nan)
+    for t, row in enumerate(R):
+        grid[t, : len(row)] = [math.nan if _missing(v) else v for v in row]
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+    for (t, j), v in np.ndenumerate(grid):
+        if not np.isnan(v):
+            ax.text(j, t, f"{v:.2f}", ha="center", va="center", color="w", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("edits of timestep")
+    if first:  # the panels share their rows
+        ax.set_ylabel("after timestep")
+    ax.set_xticks(range(T))
+    ax.set_yticks(range(T))
+    return image
 
 
 def _report(title: str, results: dict[str, dict]):
@@ -288,10 +365,14 @@ def _report(title: str, results: dict[str, dict]):
     rep.heading("Running means after the last timestep")
     rep.text(
         "Teacher-forced token accuracy on 'Q: {question} A: {answer}'. rewrite: the "
-        "edited questions; rephrase/personas: reworded ones; mhop: chained through the "
-        "new object; loc_gold/loc_agree: unchanged facts (gold answer / agreement with "
-        "the pre-edit model); past: edits of earlier timesteps; canary ppl: perplexity of "
-        "general prose after the last timestep (a collapse alarm)."
+        "edited questions; rephrase/personas: reworded ones (templated rephrasings and "
+        "persona wrappers unless the benchmark was built with --llm); mhop: chained "
+        "through the new object; loc_gold/loc_agree: unchanged facts (gold answer / "
+        "agreement with the pre-edit model); past: edits of earlier timesteps; canary "
+        "ppl: perplexity of general prose after the last timestep (a collapse alarm). "
+        "Each cell: the mean, its 95% interval (stratified bootstrap over each "
+        "timestep's probes) and n, the probes behind it; the unedited model's row below "
+        "is the baseline."
     )
     rep.table([_fmt_row(m, r) for m, r in results.items()])
     rep.heading("Knowing or copying: teacher-forced, first token, greedy exact match")
@@ -312,8 +393,23 @@ def _report(title: str, results: dict[str, dict]):
         "The unedited model on timestep 0's records, the same for every method; each "
         "cell: teacher-forced / first token / EM."
     )
-    row = _strict_row("unedited", pre, [k for k in STRICT_KINDS if k != "past"])
+    row = _strict_row("unedited", first, [k for k in STRICT_KINDS if k != "past"], "pre_")
     rep.table([{**row, "canary ppl": _fmt(pre.get("canary_ppl", math.nan), 2)}])
+    dropped = first_result.get("mhop_dropped") or {}
+    if dropped:
+        rep.text(
+            f"Multi-hop probes dropped as measuring no edit: {dropped.get('answer_in_question', 0)} "
+            "whose answer appears in the question, "
+            f"{dropped.get('known_before_edits', 0)} the unedited model already answers "
+            "by greedy exact match."
+        )
+    leaks = [m for m, r in results.items() if (r.get("editor") or {}).get("corpus_facts")]
+    if leaks:
+        rep.text(
+            f"{', '.join(leaks)}: the key covariance was computed over prose plus the "
+            "embedded snapshot's facts (corpus_facts), which overlap the embedded "
+            "benchmark's subjects."
+        )
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for ax, key in zip(axes, ("rewrite", "loc_gold", "past"), strict=True):
         for m, r in results.items():
@@ -325,6 +421,17 @@ def _report(title: str, results: dict[str, dict]):
         ax.set_ylim(-0.05, 1.05)
     axes[0].legend(fontsize=7)
     rep.figure(fig, "timesteps", "Per-timestep metrics after each timestep's edits")
+    with_r = {m: r["R"] for m, r in results.items() if r.get("R")}
+    if with_r:
+        fig, axes = plt.subplots(1, len(with_r), figsize=(3.2 * len(with_r), 3.0), squeeze=False)
+        for i, (ax, (m, R)) in enumerate(zip(axes[0], with_r.items(), strict=True)):
+            image = _r_heatmap(ax, R, m, first=i == 0)
+        fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+        rep.figure(
+            fig,
+            "retention",
+            "R[t, t']: rewrite accuracy on timestep t' edits after timestep t's edits",
+        )
     return rep
 
 
@@ -381,7 +488,7 @@ def demo(
         f"Benchmark: {bench} (embedded snapshots 2022-06 -> 2023-06 -> 2024-11)."
         + (
             f" Quick mode: {', '.join(QUICK_METHODS)} only, {QUICK_EDITS} edits per timestep, "
-            "shortened recipes; `lucid editing demo` runs all six methods on every edit."
+            "shortened recipes; `lucid editing demo` runs all seven methods on every edit."
             if quick
             else ""
         )

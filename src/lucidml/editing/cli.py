@@ -1,4 +1,4 @@
-"""``lucid editing``: parse dumps, build a benchmark, run a method, demo.
+"""``lucid editing``: parse dumps, build or import a benchmark, run a method, demo.
 
 Options that set a config field default to None, so a ``--config`` file's value is
 never replaced by a default; ``--help`` shows the effective default.
@@ -153,6 +153,30 @@ def build(
     typer.echo(f"benchmark -> {folder}")
 
 
+@app.command("import")
+def import_(
+    wikibigedit: Annotated[
+        list[Path],
+        typer.Option(
+            "--wikibigedit",
+            help="A timestep file of the released WikiBigEdit benchmark (JSON list of "
+            "records); repeat, oldest first.",
+        ),
+    ],
+    out: Out = None,
+    quiet: Quiet = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Turn the released WikiBigEdit files into a benchmark folder for `run --benchmark`."""
+    start(quiet)
+    from lucidml.editing import api
+
+    folder, manifest = api.import_wikibigedit(wikibigedit, out, overwrite=overwrite)
+    for step in manifest["timesteps"]:
+        typer.echo(f"timestep {step['timestep']}: {step['kept']} records from {step['file']}")
+    typer.echo(f"benchmark -> {folder}")
+
+
 def _hparams(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -171,7 +195,9 @@ def run(
     method: Annotated[
         str | None,
         typer.Option(
-            "--method", help="ft, lora, lora_merge, rag, rome, memit.", show_default="lora"
+            "--method",
+            help="ft, lora, lora_merge, rag, rome, memit, alphaedit.",
+            show_default="lora",
         ),
     ] = None,
     model: Annotated[
@@ -238,7 +264,8 @@ def run(
         cfg = cfg.updated(hparams={**cfg.hparams, **cli_hparams})
     # checks everything before it writes
     results = api.run(cfg, out, resume=resume, overwrite=overwrite, save_model=save_model)
-    typer.echo(f"final: {json.dumps({k: round(v, 3) for k, v in results['final'].items()})}")
+    means = {k: round(v, 3) for k, v in results["final"].items() if isinstance(v, float)}
+    typer.echo(f"final: {json.dumps(means)}")  # the intervals and n are in results.json
 
 
 @app.command()

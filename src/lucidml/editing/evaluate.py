@@ -400,12 +400,16 @@ def evaluate_records(
     ``context_fn(questions) -> list[str] | None`` lets an editor (RAG) put text before
     each question. ``loc_reference`` are the locality predictions of the model before
     the edits, for ``loc_agree``. Returns (metrics, details) where details holds the
-    per-record rewrite scores and the locality predictions.
+    per-record rewrite scores, the locality predictions and one row per probe (record
+    index, kind, question, gold and greedy answers, the three scores, and the locality
+    agreement counts when ``loc_reference`` is given).
     """
     cfg = cfg or EvalConfig()
     # every probe of every record goes through one batched scoring pass
     probes: list[tuple[str, str, str]] = []  # (metric, question, answer)
-    for r in records:
+    owners: list[int] = []  # the record each probe belongs to
+    for i, r in enumerate(records):
+        before = len(probes)
         probes.append(("rewrite", r["update"], r["ans"]))
         if r.get("rephrase"):
             probes.append(("rephrase", r["rephrase"], r["ans"]))
@@ -415,6 +419,7 @@ def evaluate_records(
             probes.append(("mhop", r["mhop"], r["mhop_ans"]))
         if r.get("loc"):
             probes.append(("loc_gold", r["loc"], r["loc_ans"]))
+        owners += [i] * (len(probes) - before)
     qs = [q for _, q, _ in probes]
     ctx = context_fn(qs) if context_fn is not None and qs else None
     s = score(model, tokenizer, qs, [a for *_, a in probes], ctx, cfg.few_shot, cfg.batch_size)
@@ -434,6 +439,25 @@ def evaluate_records(
     loc_preds = [s.predictions[i] for i in by_metric.get("loc_gold", [])]
     if loc_preds and loc_reference is not None:
         metrics["loc_agree"] = agreement(loc_reference, loc_preds)
+    rows = [
+        {
+            "record": owner,
+            "kind": kind,
+            "question": q,
+            "gold": a,
+            "greedy": s.greedy[i],
+            "teacher_forced": s.accuracy[i],
+            "first_token": s.first_token[i],
+            "exact_match": s.exact_match[i],
+            "loc_same": math.nan,
+            "loc_total": math.nan,
+        }
+        for i, ((kind, q, a), owner) in enumerate(zip(probes, owners, strict=True))
+    ]
+    if loc_preds and loc_reference is not None:
+        loc_rows = [rows[i] for i in by_metric["loc_gold"]]
+        for row, ref, pred in zip(loc_rows, loc_reference, loc_preds, strict=True):
+            row["loc_same"], row["loc_total"] = float((ref == pred).sum()), float(ref.numel())
     if cfg.exact_match:
         ctx = context_fn([r["update"] for r in records]) if context_fn else None
         metrics["exact_match"] = _mean(
@@ -454,4 +478,4 @@ def evaluate_records(
     metrics["rewrite"] = _mean(rewrite)
     for suffix in (FIRST_TOKEN, EXACT_MATCH):  # present even without records
         metrics.setdefault("rewrite" + suffix, math.nan)
-    return metrics, {"rewrite": rewrite, "loc_predictions": loc_preds}
+    return metrics, {"rewrite": rewrite, "loc_predictions": loc_preds, "probes": rows}

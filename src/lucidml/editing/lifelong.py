@@ -14,17 +14,22 @@ import time
 import torch
 
 from lucidml.core.progress import get_logger, track
-from lucidml.core.runs import Run, atomic_write_text
+from lucidml.core.runs import Run, atomic_write_bytes, atomic_write_text
 from lucidml.editing.config import EvalConfig
 from lucidml.editing.evaluate import (
     EXACT_MATCH,
     FIRST_TOKEN,
     canary_text,
     evaluate_records,
+    normalise_answer,
     perplexity,
+    score,
 )
+from lucidml.editing.state import load_state, save_state
+from lucidml.editing.summary import metric_values, probe_table, running_intervals, with_intervals
 
 STATE_KEY = "state"
+PROBES_FILE = "probes.parquet"  # one row per scored probe, next to results.json
 log = get_logger("editing")
 
 
@@ -57,10 +62,54 @@ def weighted_mean(values: list[float], weights: list[int]) -> float:
     return sum(v * n for v, n in zip(values, weights, strict=True)) / sum(weights)
 
 
-def past_sample(records: list[dict], past_max: int, seed: int, t: int) -> list[dict]:
-    if len(records) <= past_max:
-        return records
-    return random.Random(seed * 1000 + t).sample(records, past_max)
+def past_sample(n_records: int, past_max: int, seed: int, t: int) -> list[int]:
+    """The indices of timestep ``t``'s records scored for retention (seeded, in order)."""
+    if n_records <= past_max:
+        return list(range(n_records))
+    return sorted(random.Random(seed * 1000 + t).sample(range(n_records), past_max))
+
+
+def answer_in_question(question: str, answer: str) -> bool:
+    """Whether the answer string appears in the question (case-folded): a probe the
+    model can answer by copying."""
+    return normalise_answer(answer) in " ".join(question.split()).casefold()
+
+
+def degenerate_multihop(model, tokenizer, timesteps: list[list[dict]], cfg: EvalConfig):
+    """The (timestep, record) pairs whose multi-hop probe measures no edit: its answer
+    appears in its question, or the unedited model already answers it by greedy exact
+    match. Returns (pairs, counts by reason)."""
+    copied, asked = [], []
+    for t, records in enumerate(timesteps):
+        for i, r in enumerate(records):
+            if not r.get("mhop"):
+                continue
+            if answer_in_question(r["mhop"], r["mhop_ans"]):
+                copied.append((t, i))
+            else:
+                asked.append((t, i))
+    known = []
+    if asked:
+        s = score(
+            model,
+            tokenizer,
+            [timesteps[t][i]["mhop"] for t, i in asked],
+            [timesteps[t][i]["mhop_ans"] for t, i in asked],
+            few_shot=cfg.few_shot,
+            batch_size=cfg.batch_size,
+        )
+        known = [pair for pair, em in zip(asked, s.exact_match, strict=True) if em == 1.0]
+    counts = {"answer_in_question": len(copied), "known_before_edits": len(known)}
+    return sorted(copied + known), counts
+
+
+def without_multihop(timesteps: list[list[dict]], pairs) -> list[list[dict]]:
+    """The timesteps with the multi-hop probe of each (timestep, record) pair removed."""
+    drop = {tuple(p) for p in pairs}
+    return [
+        [dict(r, mhop=None, mhop_ans=None) if (t, i) in drop else r for i, r in enumerate(recs)]
+        for t, recs in enumerate(timesteps)
+    ]
 
 
 def _weight_drift(model, initial: dict[str, torch.Tensor]) -> float:
@@ -79,6 +128,28 @@ def _changed_params(model, initial: dict[str, torch.Tensor]) -> dict[str, torch.
     }
 
 
+def _probe_rows(details: dict, t: int, phase: str, source: int, records: list[int]):
+    """The evaluation's probe rows, labelled with when they were scored and whence."""
+    return [
+        {
+            **row,
+            "timestep": t,
+            "phase": phase,
+            "source_timestep": source,
+            "record": records[row["record"]],
+        }
+        for row in details["probes"]
+    ]
+
+
+def _parquet_bytes(frame) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
 def run_lifelong(
     model,
     tokenizer,
@@ -91,16 +162,24 @@ def run_lifelong(
 ) -> dict:
     """Run ``editor`` over the timesteps; checkpoints after each one when ``run`` is given.
 
-    With a ``run`` that already holds a checkpoint the loop resumes after the last
-    finished timestep. Returns per-timestep rows, running means, R and BWT.
+    Multi-hop probes that measure no edit (``degenerate_multihop``, decided on the
+    unedited model) are dropped and counted. Every mean gets ``<key>_n`` and a 95%
+    interval ``<key>_ci``; every scored probe is a row of the returned ``probes`` table
+    (``summary.PROBE_COLUMNS``), which a ``run`` also writes as ``probes.parquet``.
+    With a ``run`` that already holds a checkpoint (JSON and safetensors, see
+    ``editing.state``) the loop resumes after the last finished timestep. Returns
+    per-timestep rows, running means, R and BWT.
     """
+    import pandas as pd
+
     eval_cfg = eval_cfg or EvalConfig()
     editor.check(model)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows: list[dict] = []
     R: list[list[float]] = []
     start = 0
-    state = run.resume(STATE_KEY) if run is not None else None
+    probes = probe_table([])
+    state = load_state(run / "checkpoints", STATE_KEY) if run is not None else None
     if state is not None:
         with torch.no_grad():
             params = dict(model.named_parameters())
@@ -108,10 +187,21 @@ def run_lifelong(
                 params[name].copy_(value)
         editor.load_state_dict(state["editor"])
         rows, R, start = state["rows"], state["R"], state["next_timestep"]
+        dropped, mhop_dropped = state["mhop_dropped_pairs"], state["mhop_dropped"]
+        if (run / PROBES_FILE).is_file():
+            probes = pd.read_parquet(run / PROBES_FILE)
+            probes = probes[probes["timestep"] < start].reset_index(drop=True)
+    else:
+        dropped, mhop_dropped = degenerate_multihop(model, tokenizer, timesteps, eval_cfg)
+    if mhop_dropped["answer_in_question"] or mhop_dropped["known_before_edits"]:
+        log.info("multi-hop probes dropped: %s", mhop_dropped)
+    timesteps = without_multihop(timesteps, dropped)
     canary = canary_text() if eval_cfg.canary else None
     for t in track(range(start, len(timesteps)), "timesteps"):
         records = timesteps[t]
+        everyone = list(range(len(records)))
         pre, pre_details = evaluate_records(model, tokenizer, records, eval_cfg, editor.contexts)
+        new_probes = _probe_rows(pre_details, t, "before", t, everyone)
         if canary is not None:
             # weights do not change between timesteps: the last post value is this pre value
             last = rows[-1].get("canary_ppl") if rows else None
@@ -124,7 +214,7 @@ def run_lifelong(
         began = time.perf_counter()
         model = editor.apply(model, tokenizer, to_apply)
         seconds = time.perf_counter() - began
-        post, _ = evaluate_records(
+        post, post_details = evaluate_records(
             model,
             tokenizer,
             records,
@@ -132,6 +222,7 @@ def run_lifelong(
             editor.contexts,
             loc_reference=pre_details["loc_predictions"],
         )
+        new_probes += _probe_rows(post_details, t, "after", t, everyone)
         if canary is not None:
             post["canary_ppl"] = perplexity(
                 model, tokenizer, canary, max_tokens=eval_cfg.canary_tokens
@@ -139,14 +230,18 @@ def run_lifelong(
         R_row = []
         past_strict = {FIRST_TOKEN: [], EXACT_MATCH: []}  # per earlier timestep, like R_row
         for j in range(t):
-            sample = past_sample(timesteps[j], eval_cfg.past_max, seed, j)
-            m, _ = evaluate_records(
+            sample = past_sample(len(timesteps[j]), eval_cfg.past_max, seed, j)
+            m, past_details = evaluate_records(
                 model,
                 tokenizer,
-                [{"update": r["update"], "ans": r["ans"]} for r in sample],
+                [
+                    {"update": timesteps[j][i]["update"], "ans": timesteps[j][i]["ans"]}
+                    for i in sample
+                ],
                 eval_cfg,
                 editor.contexts,
             )
+            new_probes += _probe_rows(past_details, t, "past", j, sample)
             R_row.append(m["rewrite"])
             for suffix, values in past_strict.items():
                 values.append(m["rewrite" + suffix])
@@ -154,27 +249,32 @@ def run_lifelong(
         R.append(R_row)
         past_n = [min(len(timesteps[j]), eval_cfg.past_max) for j in range(t)]
         past = weighted_mean(R_row[:t], past_n)
-        rows.append(
-            {
-                "timestep": t,
-                "n_edits": len(to_apply),
-                **post,
-                **{f"pre_{k}": v for k, v in pre.items() if k != "n"},
-                "past": past,
-                **{"past" + k: weighted_mean(v, past_n) for k, v in past_strict.items()},
-                "seconds_per_edit": seconds / max(len(to_apply), 1),
-                "weight_drift": _weight_drift(model, initial),
-            }
-        )
+        step_probes = probe_table(new_probes)
+        row = {
+            "timestep": t,
+            "n_edits": len(to_apply),
+            **post,
+            **{f"pre_{k}": v for k, v in pre.items() if k != "n"},
+            "past": past,
+            **{"past" + k: weighted_mean(v, past_n) for k, v in past_strict.items()},
+            "seconds_per_edit": seconds / max(len(to_apply), 1),
+            "weight_drift": _weight_drift(model, initial),
+        }
+        rows.append(with_intervals(row, metric_values(step_probes), seed=seed))
+        probes = pd.concat([probes, step_probes], ignore_index=True) if len(probes) else step_probes
         if run is not None:
+            # the probes first: a checkpoint never names a timestep whose probes are missing
+            atomic_write_bytes(run / PROBES_FILE, _parquet_bytes(probes))
             state = {
                 "next_timestep": t + 1,
                 "rows": rows,
                 "R": R,
                 "model": _changed_params(model, initial),
                 "editor": editor.state_dict(),
+                "mhop_dropped_pairs": [list(p) for p in dropped],
+                "mhop_dropped": mhop_dropped,
             }
-            run.checkpoint(STATE_KEY, _on_cpu(state))  # resumable on another device
+            save_state(run / "checkpoints", STATE_KEY, t, state)  # tensors saved on the CPU
             atomic_write_text(run / "metrics.jsonl", "".join(_json_line(r) for r in rows))
         log.info(
             "timestep %d: %d edits, rewrite %.3f, loc_gold %.3f, past %.3f",
@@ -184,26 +284,24 @@ def run_lifelong(
             post.get("loc_gold", math.nan),
             past,
         )
-    keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("timestep", "n_edits", "n")))
+    skip = ("timestep", "n_edits", "n")
+    keys = [
+        k
+        for k in dict.fromkeys(k for r in rows for k in r)
+        if k not in skip and not k.endswith(("_n", "_ci"))
+    ]
+    running = running_means(rows, keys)
+    per_step = [metric_values(probes[probes["timestep"] == t]) for t in range(len(rows))]
     return {
         "timesteps": rows,
-        "running": running_means(rows, keys),
+        "running": running,
         "R": R,
         "bwt": backward_transfer(R),
-        "final": running_means(rows, keys)[-1] if rows else {},
+        "final": {**running[-1], **running_intervals(per_step, seed=seed)} if rows else {},
+        "mhop_dropped": mhop_dropped,
+        "probes": probes,
         "model": model,
     }
-
-
-def _on_cpu(obj):
-    """The same nested state with every tensor moved to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _on_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_on_cpu(v) for v in obj)
-    return obj
 
 
 def _json_line(row: dict) -> str:
