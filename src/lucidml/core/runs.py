@@ -528,17 +528,3 @@ class Run:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(line)
             f.flush()
-
-    def checkpoint(self, key: str, state: Any) -> Path:
-        return save_torch(self.path / "checkpoints" / f"{key}.pt", state)
-
-    def resume(self, key: str) -> Any | None:
-        """The state saved under ``key`` (tensors, numbers, strings, lists, dicts), or None."""
-        import torch
-
-        path = self.path / "checkpoints" / f"{key}.pt"
-        # weights_only: a run folder may come from elsewhere; never unpickle code from it
-        return torch.load(path, weights_only=True) if path.is_file() else None
-
-    def done(self, key: str) -> bool:
-        return (self.path / "checkpoints" / f"{key}.pt").is_file()
