@@ -645,9 +645,9 @@ def demo(
     # The full demo keeps the issue's 100 images per class but halves the paper's 600 LoRA
     # steps and samples with 10 DDIM steps instead of 50, to fit 10 minutes on 2 cores;
     # the commands' defaults stay the paper's.
-    loft_steps, dd_epochs = (100, 40) if quick else (300, 100)
-    per_class, ddim = (20, 10) if quick else (100, 10)
-    epochs = 15 if quick else 30
+    loft_steps, dd_epochs = (60, 24) if quick else (300, 100)
+    per_class, ddim = (20, 8) if quick else (100, 10)
+    epochs = 10 if quick else 30
     fits = {
         "loft": fit_job(
             FitConfig(method="loft", adapter=AdapterConfig(steps=loft_steps), device=dev),
