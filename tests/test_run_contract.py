@@ -30,6 +30,10 @@ EXEMPT = {
     "only when complete, so a killed extraction leaves nothing to resume",
     ("sae score", "--resume"): "two streaming passes over a store, no training",
     ("sae steer", "--resume"): "forward passes of a few latents x alphas, nothing to resume",
+    ("editing import", "--config"): "its only inputs are the released files themselves",
+    ("editing import", "--seed"): "converting files draws nothing at random",
+    ("editing import", "--device"): "converts JSON records, runs no model",
+    ("editing import", "--resume"): "one pass over the released files, nothing to resume",
     ("chunking rnn", "--resume"): "every regime at its paper defaults runs in under a minute "
     "(longest: several_chunks with 30 graft repeats, 47 s wall / 31 s CPU on a busy 2-core box)",
 }
