@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -165,11 +166,10 @@ def fit_job(
     claim(SYSTEM, out, cfg, dry_run=True, **checks)
     backbone = load_backbone(cfg.model, device)
     shots = read_shots(cfg.images, cfg.shots, cfg.seed, backbone.image_shape)
-    per_item = max(len(item["images"]) for item in _fit_items(cfg, shots))
-    adapter_cfg = cfg.adapter_config(per_item)
+    items = _fit_items(cfg, shots)
+    adapter_cfg = cfg.adapter_config(max(len(item["images"]) for item in items))
     target_modules(backbone.unet, adapter_cfg.targets)  # refuse a target before any write
     folder = claim(SYSTEM, out, cfg, **checks)
-    items = _fit_items(cfg, shots)
     if distributed.is_main_process():
         for c, (x, ids) in shots.items():
             for image, shot in zip(x, ids, strict=True):
@@ -438,22 +438,27 @@ def read_shot_images(fit_folder: str | Path, class_names: list[str], image_shape
     return torch.cat(xs), torch.cat(ys)
 
 
-def image_features(encoder: str, images: torch.Tensor, device: str) -> torch.Tensor:
-    """Normalised image embeddings of a CLIP-style encoder (digits-clip by default), or
-    ``pixels``: the flattened pixels themselves, the simplest features (any image size)."""
+def image_encoder(encoder: str, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from images to features, the model loaded once: normalised image
+    embeddings of a CLIP-style encoder (digits-clip by default), or ``pixels``: the
+    flattened pixels themselves, the simplest features (any image size)."""
     from lucidml.core.zoo import load_vlm
 
     if encoder == "pixels":
-        return images.flatten(1).double()
+        return lambda images: images.flatten(1).double()
     vlm = load_vlm(encoder, device)
-    if images.shape[-1] != vlm.image_size:
-        raise InputError(
-            f"the encoder {encoder} takes {vlm.image_size}-pixel images, these are "
-            f"{images.shape[-1]} pixels; pass --encoder with another model, or pixels"
-        )
-    if images.shape[1] != vlm.channels:
-        images = images.expand(-1, vlm.channels, -1, -1) if images.shape[1] == 1 else images
-    return vlm.encode_images(images).double().cpu()
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != vlm.image_size:
+            raise InputError(
+                f"the encoder {encoder} takes {vlm.image_size}-pixel images, these are "
+                f"{images.shape[-1]} pixels; pass --encoder with another model, or pixels"
+            )
+        if images.shape[1] != vlm.channels:
+            images = images.expand(-1, vlm.channels, -1, -1) if images.shape[1] == 1 else images
+        return vlm.encode_images(images).double().cpu()
+
+    return features
 
 
 def evaluate_job(
@@ -498,12 +503,13 @@ def evaluate_job(
             accuracy["synthetic_plus_shots"] = ev.evaluate_seeds(
                 x_syn, y_syn, x_test, y_test, clf, real_shots=shots, **common
             )
+    encode = image_encoder(cfg.encoder, device)
     feats = {
-        "real": image_features(cfg.encoder, x_test, device),
-        "synthetic": image_features(cfg.encoder, x_syn, device),
+        "real": encode(x_test),
+        "synthetic": encode(x_syn),
     }
     if shots is not None:
-        feats["shots"] = image_features(cfg.encoder, shots[0], device)
+        feats["shots"] = encode(shots[0])
     fidelity = metrics.fidelity_report(
         feats["real"],
         y_test,
@@ -678,8 +684,9 @@ def demo(
         )
         evaluated[method] = read_json(ev / "results.json")
         samples[method] = {c: x for c, (x, _) in read_generated(gen, per_class_max=4).items()}
+    encode = image_encoder("digits-clip", resolve_device(dev))
     anchored = anchoring(
-        fits["loft"], out_dir / "generate-loft", out_dir / "generate-plain", "digits-clip", dev
+        fits["loft"], out_dir / "generate-loft", out_dir / "generate-plain", encode
     )
     results = {
         "quick": quick,
@@ -739,9 +746,9 @@ def demo(
     return report.save(out_dir)
 
 
-def anchoring(fit_folder: Path, loft: Path, control: Path, encoder: str, device: str) -> dict:
+def anchoring(fit_folder: Path, loft: Path, control: Path, encode: Callable) -> dict:
     """Do LoFT's images resemble the two shots they were drawn from? Per class, the share
-    of images whose nearest shot (in ``encoder`` features) is one of its sources, against
+    of images whose nearest shot (in ``encode``'s features) is one of its sources, against
     chance, and against the ``control`` images of the same index and seed drawn without
     adapters (plain prompts), scored with the same sources. Also the mean absolute pixel
     change the adapters make at equal seeds."""
@@ -757,9 +764,9 @@ def anchoring(fit_folder: Path, loft: Path, control: Path, encoder: str, device:
         position = {f: i for i, f in enumerate(c["adapters"])}
         sources = [[position[f] for f in r["adapters"]] for r in rows]
         shot_images = load_images([fit_folder / f for f in c["shots"]], x.shape[1], x.shape[2])
-        shots = image_features(encoder, shot_images, device)
+        shots = encode(shot_images)
         for name, images in (("loft", x), ("control", x_control[: len(x)])):
-            rate, chance = anchored_rate(image_features(encoder, images, device), sources, shots)
+            rate, chance = anchored_rate(encode(images), sources, shots)
             hits[name] += rate * len(x)
         chance_sum += chance * len(x)
         change += float((x - x_control[: len(x)]).abs().mean()) * len(x)

@@ -49,15 +49,6 @@ class Backbone:
             return self.train_scheduler.get_velocity(z0, noise, t)
         raise ModelError(f"{self.name}: prediction type '{self.prediction_type}' is not supported")
 
-    def denoising_loss(self, z0, context, generator: torch.Generator) -> torch.Tensor:
-        """||target - unet(z_t, t, c)||^2 with t ~ U{0..T-1} and eps ~ N(0, I), seeded."""
-        steps = self.train_scheduler.config.num_train_timesteps
-        noise = torch.randn(z0.shape, generator=generator).to(z0.device)
-        t = torch.randint(0, steps, (len(z0),), generator=generator).to(z0.device)
-        zt = self.train_scheduler.add_noise(z0, noise, t)
-        out = self.unet(zt, t, encoder_hidden_states=context).sample
-        return F.mse_loss(out.float(), self.training_target(z0, noise, t).float())
-
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """One latent per seed, each drawn from its own CPU generator: an image depends on
         its seed only, never on its batch or on the order of generation."""
