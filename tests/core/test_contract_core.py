@@ -243,9 +243,12 @@ for item in d.pending(items, store, str):
     store.save(item, {"by": d.process_index(), "value": item.upper()})
 merged = d.gather(items, store, str)
 from lucidml.core.runs import run_dir_path
-print(json.dumps({"rank": d.process_index(), "default_folder": str(run_dir_path("core"))}))
+from pathlib import Path
+# one file per process: two processes printing to one pipe can interleave their lines
+report = {"rank": d.process_index(), "default_folder": str(run_dir_path("core"))}
 if merged is not None:
-    print(json.dumps({"world": d.world_size(), "merged": merged}))
+    report.update(world=d.world_size(), merged=merged)
+Path(sys.argv[2], f"rank{d.process_index()}.json").write_text(json.dumps(report))
 """
 
 
@@ -266,11 +269,11 @@ def test_two_launched_processes_split_the_items_and_the_main_one_merges(tmp_path
     if not launcher.exists() and shutil.which("accelerate") is None:
         pytest.skip("accelerate's launcher is not installed")
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "s")]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "s"), str(tmp_path)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = [json.loads(line) for line in proc.stdout.strip().splitlines() if line[:1] == "{"]
+    lines = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(2)]
     out = next(line for line in lines if "merged" in line)
     folders = {line["rank"]: line["default_folder"] for line in lines if "rank" in line}
     assert len(folders) == 2 and folders[0] == folders[1]  # one launch, one run folder
