@@ -10,6 +10,7 @@ import torch
 from lucidml.bias.generate import DiffusersModel, generate, plan_units
 from lucidml.bias.prompts import default_prompts
 from lucidml.cli import main
+from lucidml.errors import InputError
 from lucidml.testing import tiny_sd_pipeline
 
 GEN = ("--models", "simulated,simulated-amplified", "--n-prompts", "6", "--per-prompt", "12")
@@ -120,6 +121,9 @@ def test_two_tiny_diffusion_pipelines_act_as_two_models(tmp_path):
     for u in units:
         assert counts[(u.model, u.prompt_id, u.variation)] == u.count
     assert manifest["seed"].is_unique
+    # two model names that one image folder would hold would mix their images
+    with pytest.raises(InputError, match="'org/model' and 'org--model' would share"):
+        plan_units(prompts, ["org/model", "org--model"], 4)
 
 
 @pytest.mark.parametrize(

@@ -175,3 +175,14 @@ def test_a_command_without_resume_does_not_offer_it(tmp_path):
     with pytest.raises(InputError) as refused:
         runs.Run("core", tmp_path, Job(), resumable=False)
     assert "--resume" not in str(refused.value) and "--overwrite" in str(refused.value)
+
+
+def test_folder_names_keep_names_apart_and_refuse_a_clash():
+    from lucidml.core.runs import folder_name, folder_names
+    from lucidml.errors import InputError
+
+    assert folder_name("stabilityai/sd-2.1") == "stabilityai--sd-2.1"
+    assert folder_name("hot dog") == "hot_dog"
+    assert folder_names(["a/b", "a_b", "a-b"]) == {"a/b": "a--b", "a_b": "a_b", "a-b": "a-b"}
+    with pytest.raises(InputError, match="'hot dog' and 'hot_dog' would share the folder"):
+        folder_names(["hot dog", "hot_dog"], "classes")

@@ -118,6 +118,10 @@ def test_bad_inputs_exit_2_with_one_sentence(fitted, model, tmp_path, capsys):
     broken = _image_folder(tmp_path / "broken")
     (broken / "cat" / "0.png").write_bytes(b"not a png")
     _fails([*fit_args, "--images", str(broken)], capsys, "cannot read the image", tmp_path / "o2")
+    # two shots whose adapters would share one file name
+    clash = _image_folder(tmp_path / "clash")
+    Image.open(clash / "cat" / "0.png").save(clash / "cat" / "0.jpg")
+    _fails([*fit_args, "--images", str(clash)], capsys, "would share one adapter", tmp_path / "o2b")
     _fails(
         ["datagen", "fit-loras", "--model", "nobody/no-such-pipeline", "--images", str(shots)],
         capsys,

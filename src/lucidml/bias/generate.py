@@ -24,7 +24,7 @@ import torch
 from lucidml.bias.types import ImageModel
 from lucidml.core import distributed
 from lucidml.core.progress import get_logger, track
-from lucidml.core.runs import atomic_write_bytes, derive_seed
+from lucidml.core.runs import atomic_write_bytes, derive_seed, folder_name, folder_names
 from lucidml.errors import InputError
 
 log = get_logger("bias")
@@ -57,12 +57,7 @@ class Unit:
 
     @property
     def key(self) -> str:
-        return f"{slug(self.model)}/{self.prompt_id}-v{self.variation}"
-
-
-def slug(name: str) -> str:
-    """A model name as one folder name ("stabilityai/sd-2" -> "stabilityai--sd-2")."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.replace("/", "--"))
+        return f"{folder_name(self.model)}/{self.prompt_id}-v{self.variation}"
 
 
 def image_seed(model: str, prompt_id: str, variation: int, index: int, seed: int = 0) -> int:
@@ -75,6 +70,7 @@ def plan_units(prompts: pd.DataFrame, models: Sequence[str], per_prompt: int) ->
         raise InputError(f"images per prompt must be at least 1, got {per_prompt}")
     if not models:
         raise InputError("no model to generate with")
+    folder_names(models, "models")
     units = []
     for model in models:
         for prompt_id, rows in prompts.groupby("prompt_id", sort=False):

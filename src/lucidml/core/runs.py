@@ -126,6 +126,28 @@ def save_torch(path: str | Path, obj: Any) -> Path:
     return _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def folder_name(name: str) -> str:
+    """A model, class or encoder name as one path component: "/" becomes "--" and any
+    other character outside letters, digits and "-_." becomes "_"
+    ("stabilityai/sd-2" -> "stabilityai--sd-2", "hot dog" -> "hot_dog")."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("/", "--"))
+
+
+def folder_names(names: Iterable[str], what: str = "names") -> dict[str, str]:
+    """{name: folder_name(name)}, refusing two names that would share one folder (the
+    second would silently overwrite the first's files)."""
+    out, owner = {}, {}
+    for name in names:
+        folder = folder_name(name)
+        if folder in owner and owner[folder] != name:
+            raise InputError(
+                f"{what} '{owner[folder]}' and '{name}' would share the folder '{folder}'; "
+                "rename one of them"
+            )
+        owner[folder], out[name] = name, folder
+    return out
+
+
 def default_root() -> Path:
     return Path(os.environ.get("LUCID_RUNS", "runs"))
 

@@ -27,6 +27,8 @@ from lucidml.core.runs import (
     claim,
     derive_seed,
     environment,
+    folder_name,
+    folder_names,
     read_json,
     to_json,
     write_json,
@@ -34,7 +36,7 @@ from lucidml.core.runs import (
 from lucidml.datagen import plots
 from lucidml.datagen.backbone import Backbone, from_digits_diffusion, from_stable_diffusion
 from lucidml.datagen.config import DEFAULT_MODEL, EvaluateJobConfig, FitConfig, GenerateConfig
-from lucidml.datagen.generate import PlannedImage, class_slug, generate_images, plan_class
+from lucidml.datagen.generate import PlannedImage, generate_images, plan_class
 from lucidml.datagen.lora import Adapter, check_adapters, fit_adapters, target_modules
 from lucidml.errors import InputError, ModelError
 
@@ -98,8 +100,19 @@ def read_shots(
             out[name] = (data.train_x[chosen], [f"train-{int(i):04d}" for i in chosen])
         return out
     out = {}
-    for name, files in class_folders(images).items():
+    folders = class_folders(images)
+    folder_names(folders, f"class folders in {images}")
+    for name, files in folders.items():
         files = files[: shots or len(files)]
+        # a shot's adapter and copy are named by its file stem: "a.png" and "a.jpg" clash
+        stems = {}
+        for f in files:
+            if f.stem in stems:
+                raise InputError(
+                    f"shots {stems[f.stem].name} and {f.name} of class '{name}' would share "
+                    "one adapter file; rename one of them"
+                )
+            stems[f.stem] = f
         out[name] = (load_images(files, channels, size), [f.stem for f in files])
     return out
 
@@ -116,7 +129,7 @@ def _fit_items(cfg: FitConfig, shots: dict) -> list[dict]:
             for i, shot in enumerate(ids):
                 items.append(
                     {
-                        "file": f"loras/{class_slug(c)}/{shot}.safetensors",
+                        "file": f"loras/{folder_name(c)}/{shot}.safetensors",
                         "classes": [c],
                         "shots": [shot],
                         "images": x[i : i + 1],
@@ -127,7 +140,7 @@ def _fit_items(cfg: FitConfig, shots: dict) -> list[dict]:
         for c, (x, ids) in shots.items():
             items.append(
                 {
-                    "file": f"loras/{class_slug(c)}/class.safetensors",
+                    "file": f"loras/{folder_name(c)}/class.safetensors",
                     "classes": [c],
                     "shots": list(ids),
                     "images": x,
@@ -174,7 +187,7 @@ def fit_job(
         for c, (x, ids) in shots.items():
             for image, shot in zip(x, ids, strict=True):
                 atomic_write_bytes(
-                    folder / "shots" / class_slug(c) / f"{shot}.png", png_bytes(image)
+                    folder / "shots" / folder_name(c) / f"{shot}.png", png_bytes(image)
                 )
     todo = [item for item in distributed.shard(items) if not (folder / item["file"]).is_file()]
     start = time.perf_counter()
@@ -211,7 +224,7 @@ def fit_job(
             {
                 "name": c,
                 "prompt": class_prompt(cfg.template, c, cfg.domain),
-                "shots": [f"shots/{class_slug(c)}/{s}.png" for s in ids],
+                "shots": [f"shots/{folder_name(c)}/{s}.png" for s in ids],
                 "adapters": [item["file"] for item in items if c in item["classes"]],
             }
             for c, (_, ids) in shots.items()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lucidml.core.images import png_bytes
 from lucidml.core.progress import track
-from lucidml.core.runs import atomic_write_bytes, derive_seed
+from lucidml.core.runs import atomic_write_bytes, derive_seed, folder_name
 from lucidml.datagen.lora import Adapter, fused
 from lucidml.errors import InputError
 
@@ -66,7 +66,7 @@ def plan_class(
 ) -> list[PlannedImage]:
     """The images of one class: LoFT's tiled k-subsets of ``adapter_files``, one adapter
     at weight 1 when there is only one (DataDream), or none (the plain prompt)."""
-    slug = class_slug(class_name)
+    folder = folder_name(class_name)
     if adapter_files:
         subsets = schedule_pairs(len(adapter_files), n_images, k, derive_seed(seed, class_name))
     else:
@@ -81,7 +81,7 @@ def plan_class(
             PlannedImage(
                 index=j,
                 class_name=class_name,
-                file=f"images/{slug}/{j:05d}.png",
+                file=f"images/{folder}/{j:05d}.png",
                 adapters=tuple(adapter_files[i] for i in subset),
                 weights=w,
                 prompt=prompt,
@@ -89,11 +89,6 @@ def plan_class(
             )
         )
     return out
-
-
-def class_slug(name: str) -> str:
-    """A class name as a folder name (spaces and slashes become underscores)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def generate_images(

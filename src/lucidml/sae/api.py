@@ -16,7 +16,7 @@ import torch
 from lucidml.core.config import resolve_device, seed_everything
 from lucidml.core.progress import get_logger
 from lucidml.core.report import Report
-from lucidml.core.runs import claim, environment, write_json
+from lucidml.core.runs import claim, environment, folder_name, write_json
 from lucidml.core.zoo import load_vlm
 from lucidml.errors import InputError
 from lucidml.sae import plots
@@ -367,7 +367,7 @@ def score_report(
         report.table(_readable(rows))
         report.figure(
             plots.ms_histogram(sets, encoder, cfg.hai_k),
-            f"ms_histogram_{_slug(encoder)}",
+            f"ms_histogram_{folder_name(encoder)}",
             f"MS ({encoder} embeddings) of live SAE latents, neurons and random latents.",
         )
     first = next(iter(embeddings))
@@ -395,10 +395,6 @@ def score_report(
         )
         report.table(_readable(rows))
     return results, report
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def _best_latents(scores: LatentScores, encoder: str, hai_k: int, n: int) -> np.ndarray:
