@@ -3,8 +3,12 @@
 1. Each neuron's activity is cut into ``n_bins`` ordinal levels by 1-D k-means; the
    population state is the tuple of levels.
 2. A lookup decoder maps each state seen in the first steps to its majority input.
-3. A BPE-like dictionary grows chunks by merging frequent adjacent pairs, re-parsing by
-   greedy longest match after every round.
+3. A BPE-like dictionary grows chunks by merging adjacent pairs, re-parsing by greedy
+   longest match after every round. ``rule="frequency"`` (the paper's) merges the most
+   frequent pairs; ``rule="association"`` merges only pairs that co-occur more often than
+   chance (count against count(u)·count(v)/N: a ratio of at least ``min_ratio`` and a
+   one-sided binomial test), so frequent units that follow each other at random (filler)
+   are not glued into chunks.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.stats import binom
 from sklearn.cluster import KMeans
 
 from lucidml.chunking.sequences import Trie
@@ -149,23 +154,74 @@ class ChunkDictionary:
         return Counter(self.parse(symbols))
 
 
+MERGE_RULES = ("association", "frequency")
+
+
+def pair_association(
+    pair_count: np.ndarray, left_count: np.ndarray, right_count: np.ndarray, n_units: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Observed over expected count of adjacent pairs, and the one-sided binomial p-value.
+
+    Under independence a pair (u, v) is expected count(u)·count(v)/N times among the N−1
+    adjacent positions of a parse of N units; p = P(X ≥ count(uv)) for
+    X ~ Binomial(N−1, count(u)·count(v)/N²).
+    """
+    pair_count = np.asarray(pair_count, dtype=np.float64)
+    q = np.asarray(left_count, dtype=np.float64) * np.asarray(right_count) / float(n_units) ** 2
+    ratio = pair_count / (q * n_units)
+    p = binom.sf(pair_count - 1, n_units - 1, np.minimum(q, 1.0))
+    return ratio, p
+
+
+def _candidates(
+    parse: list[tuple], known: set, min_freq: int, rule: str, min_ratio: float, alpha: float
+) -> list[tuple]:
+    """The pairs a round may add, best first: by count (ties in first-seen order)."""
+    pairs = Counter(zip(parse, parse[1:], strict=False))
+    frequent = [(u, v, n) for (u, v), n in pairs.items() if n >= min_freq and u + v not in known]
+    if rule == "association" and frequent:
+        units = Counter(parse)
+        ratio, p = pair_association(
+            [n for _, _, n in frequent],
+            [units[u] for u, _, _ in frequent],
+            [units[v] for _, v, _ in frequent],
+            len(parse),
+        )
+        # Bonferroni over the pairs tested this round
+        keep = (ratio >= min_ratio) & (p <= alpha / len(frequent))
+        frequent = [f for f, k in zip(frequent, keep, strict=True) if k]
+    frequent.sort(key=lambda f: -f[2])
+    return [u + v for u, v, _ in frequent]
+
+
 def learn_dictionary(
-    symbols: Sequence[Hashable], n_rounds: int = 6, merges_per_round: int = 5, min_freq: int = 10
+    symbols: Sequence[Hashable],
+    n_rounds: int = 6,
+    merges_per_round: int = 5,
+    min_freq: int = 10,
+    rule: str = "frequency",
+    min_ratio: float = 2.0,
+    alpha: float = 0.01,
 ) -> ChunkDictionary:
-    """Start from singletons; each round adds the top pairs of adjacent parsed chunks."""
+    """Start from singletons; each round adds up to ``merges_per_round`` adjacent pairs.
+
+    ``rule="frequency"`` (the default here, the paper's) adds the most frequent pairs with
+    count ≥ ``min_freq``. ``rule="association"`` adds, most frequent first, only the pairs
+    with count ≥ ``min_freq`` that occur at least ``min_ratio`` times their count under
+    independence and whose one-sided binomial p is below ``alpha`` divided by the number of
+    pairs tested (Bonferroni); it stops when no pair is associated. The parse of a
+    sequence that repeats one unit (x y x y ...) therefore stops shrinking under
+    ``association`` once the unit is found, where ``frequency`` keeps doubling it.
+    """
+    if rule not in MERGE_RULES:
+        raise InputError(f"unknown merge rule '{rule}': choose from {', '.join(MERGE_RULES)}")
     symbols = list(symbols)
     chunks = list(dict.fromkeys((s,) for s in symbols))
     known, trie = set(chunks), Trie(chunks)
     parse = [(s,) for s in symbols]
     history = []
     for r in range(n_rounds):
-        pairs = Counter(zip(parse, parse[1:], strict=False))
-        added = []
-        for (u, v), n in pairs.most_common():
-            if len(added) == merges_per_round or n < min_freq:
-                break
-            if u + v not in known:
-                added.append(u + v)
+        added = _candidates(parse, known, min_freq, rule, min_ratio, alpha)[:merges_per_round]
         for c in added:
             chunks.append(c)
             known.add(c)
