@@ -35,7 +35,7 @@ def test_rnn_command_writes_results_and_report(tmp_path, capsys):
     )
     assert code == 0 and "report:" in out and "training the RNN" in err
     res = json.loads((tmp_path / "results.json").read_text())
-    assert res["regime"] == "one_chunk" and res["sequence_length"] == 200
+    assert res["regime"] == "one_chunk" and res["sequence_length"] == 10_000  # record_length
     assert (tmp_path / "report.html").is_file() and (tmp_path / "config.yaml").is_file()
     assert (tmp_path / "one_chunk_states.png").is_file()
     code, _, err = run(
@@ -320,7 +320,7 @@ def test_graft_resume_reuses_the_arms(tiny_model_dir, tmp_path, capsys):
     prompts.write_text("my sister drinks\nthe dog sleeps in the\n")
     args = ["chunking", "graft", "--model", str(tiny_model_dir), "--word", "coffee"]
     args += ["--prompts", str(prompts), "--layers", "1", "--max-new-tokens", "3"]
-    args += ["--out", str(out)]
+    args += ["--strength", "0.25", "--out", str(out)]
     assert run(args, capsys)[0] == 0
     arm = {"texts": ["coffee", "coffee"], "perplexity": [2.0, 2.0]}  # only the item says so
     _item(out, "graft-s0.25").write_text(json.dumps(arm))
@@ -346,7 +346,9 @@ def test_an_unavailable_device_is_one_line_and_writes_nothing(command, tmp_path,
 
 def test_a_config_file_value_is_never_replaced_by_a_default(tmp_path, capsys):
     cfg = tmp_path / "rnn.yaml"
-    cfg.write_text("regime: one_chunk\nn_iters: 7\nwindow: 30\nseed: 3\ndevice: cpu\n")
+    cfg.write_text(
+        "regime: one_chunk\nn_iters: 7\nwindow: 30\nrecord_length: null\nseed: 3\ndevice: cpu\n"
+    )
     assert (
         run(["chunking", "rnn", "--config", str(cfg), "--out", str(tmp_path / "a")], capsys)[0] == 0
     )

@@ -149,6 +149,23 @@ def rnn(
             show_default=_default(RNNConfig, "graft_repeats"),
         ),
     ] = None,
+    record_length: Annotated[
+        int | None,
+        typer.Option(
+            "--record-length",
+            help="Recorded steps that DSC chunks (clamped to the sequence).",
+            show_default=_default(RNNConfig, "record_length"),
+        ),
+    ] = None,
+    merge_rule: Annotated[
+        str | None,
+        typer.Option(
+            "--merge-rule",
+            help="DSC dictionary: association (pairs that co-occur above chance) | "
+            "frequency (the paper's most frequent pairs).",
+            show_default=_default(RNNConfig, "merge_rule"),
+        ),
+    ] = None,
     out: Out = None,
     config: ConfigFile = None,
     seed: Seed = None,
@@ -168,6 +185,8 @@ def rnn(
         bins=bins,
         nonlinearity=nonlinearity,
         graft_repeats=graft_repeats,
+        record_length=record_length,
+        merge_rule=merge_rule,
         seed=seed,
         device=device,
     )
@@ -238,7 +257,7 @@ def graft(
     prompts: Annotated[
         Path | None,
         typer.Option(
-            "--prompts", help="One prompt per line.", show_default="the 16 built-in prompts"
+            "--prompts", help="One prompt per line.", show_default="the 48 built-in prompts"
         ),
     ] = None,
     text: Text = None,

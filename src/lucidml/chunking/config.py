@@ -35,10 +35,19 @@ class RNNConfig(Config):
     n_iters: int | None = Field(None, ge=0, description="None: the regime's default")
     bins: int | None = Field(None, ge=1, description="None: the regime's default")
     decoder_train_steps: int | None = Field(None, ge=1, description="None: the regime's default")
-    record_length: int | None = Field(None, gt=1, description="recorded steps; None: the window")
+    # recorded steps, clamped to the sequence (None: the training window, as in the paper):
+    # the states split each symbol into many context-specific states, so a planted chunk's
+    # pairs need thousands of steps to pass min_pair_count (docs/chunking.md, DSC)
+    record_length: int | None = Field(10_000, gt=1, description="recorded steps; None: the window")
     merge_rounds: int = Field(6, ge=1)
-    merges_per_round: int = Field(5, ge=1)
+    # association: merge only pairs seen >= merge_min_ratio times their count under
+    # independence with a Bonferroni-corrected one-sided binomial p <= merge_alpha; the
+    # paper's frequency rule (BPE) glues the filler's context-specific states into chunks
+    merge_rule: Literal["association", "frequency"] = "association"  # paper: frequency
+    merges_per_round: int = Field(100, ge=1)  # paper: 5 (association stops by itself)
     min_pair_count: int = Field(10, ge=1)
+    merge_min_ratio: float = Field(2.0, ge=1.0)
+    merge_alpha: float = Field(0.01, gt=0, le=1)
     n_hierarchy: int = Field(10, ge=0, description="hierarchy regime: words built by concatenation")
     graft_repeats: int = Field(30, ge=0, description="several_chunks: repeats of the graft test")
     transfer_window: int = 100
@@ -78,8 +87,9 @@ class GraftConfig(Config):
     """Inject a word's templates or direction while sampling; count the word in generations.
 
     The paper's graft is ``mode="replace"`` at layers 2-9, ``positions=[-1]``, prompt pass
-    only. Ours (measured on SmolLM2, docs/chunking.md) adds the contrastive direction at
-    layer 6 at 0.25 of the residual norm, on every position and every decode step.
+    only. Ours, chosen from a measured sweep on SmolLM2 (docs/chunking.md), adds the
+    contrastive direction at layer 12 at 0.05 of the residual norm, on every position and
+    every decode step.
     """
 
     model: str = LLM_DEFAULT
@@ -87,9 +97,9 @@ class GraftConfig(Config):
     word: str
     mode: Literal["replace", "add"] = "add"  # paper: replace
     direction: Literal["contrast", "template"] = "contrast"  # add: what is added
-    strength: float = Field(0.25, ge=0, le=10)  # add: fraction of the residual norm
+    strength: float = Field(0.05, ge=0, le=10)  # add: fraction of the residual norm
     strengths: list[float] | None = None  # add: a dose-response sweep (strength included)
-    layers: list[int] = [6]  # paper: 2..9
+    layers: list[int] = [12]  # paper: 2..9
     positions: Literal["last", "all"] | list[int] = "all"  # paper: [-1]
     every_step: bool = True  # paper: prompt pass only
     step: int = Field(0, ge=-2, le=2)  # templates of this step (+1: the word about to come)
@@ -102,7 +112,8 @@ class GraftConfig(Config):
     max_new_tokens: int = Field(180, ge=1)  # the reference: 200 tokens with the prompt
     chat: bool = True
     seed: int = 0
-    batch_size: int = Field(16, ge=1)
+    # one batch holds the 48 built-in prompts; the samples depend on it (seeded per batch)
+    batch_size: int = Field(64, ge=1)
 
     def strength_sweep(self) -> list[float]:
         """The strengths to sample at: ``strengths`` with ``strength`` included, sorted."""

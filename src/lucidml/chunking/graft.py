@@ -201,6 +201,18 @@ def injections_for(
 # --- evaluation ---------------------------------------------------------------------------
 
 
+def builtin_prompts() -> list[str]:
+    """The built-in grafting prompts: the corpus's 16 everyday ``PROMPTS`` and the 32 of
+    ``data/graft_prompts.txt`` (everyday topics; none names a drink), 48 in all: with
+    the 16 alone, no fluent graft gave enough discordant pairs for McNemar p < 0.05."""
+    from importlib import resources
+
+    from lucidml.chunking.corpus import PROMPTS
+
+    text = resources.files("lucidml.chunking").joinpath("data/graft_prompts.txt").read_text()
+    return list(PROMPTS) + [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def mentions(text: str, word: str) -> bool:
     return re.search(rf"\b{re.escape(word)}\b", text, flags=re.IGNORECASE) is not None
 
