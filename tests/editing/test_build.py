@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from wikidata_fixtures import facts_dump
 
@@ -367,3 +369,80 @@ def test_a_build_failing_after_parsing_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="planted"):
         api.build(dumps, tmp_path / "bench")
     assert not (tmp_path / "bench").exists()
+
+
+def _fake_question_llm(prompt: str) -> str:
+    """A QuestionLLM that rewrites the rephrase and the pirate persona acceptably and
+    answers the other persona prompts with a non-question (which the filter rejects)."""
+    q = prompt.rsplit("Question: ", 1)[1].split("\n")[0]
+    if "Same question in other words" in prompt:
+        return f"Tell me truly: {q}\n"
+    if "the way a pirate would" in prompt:
+        return f"Arr, {q}\n"
+    return "I do not know.\n"
+
+
+def test_llm_rewrites_are_the_default_with_llm_and_every_probe_names_its_writer(
+    tmp_path, monkeypatch, capsys, tiny_lm
+):
+    from lucidml.cli import main
+
+    def lucid(*args):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            return exc.code
+        return 0
+
+    dumps = [
+        str(facts_dump(tmp_path / "old.json", OLD, LABELS, PROPS)),
+        str(facts_dump(tmp_path / "new.json", NEW, LABELS, PROPS)),
+    ]
+    _fake_question_llm.name = "fake-llm"
+    asked = []
+    monkeypatch.setattr(
+        api, "_question_llm", lambda name, device: asked.append(name) or _fake_question_llm
+    )
+    args = ("editing", "build", "--old", dumps[0], "--new", dumps[1], "--llm-min-similarity", "0")
+    assert lucid(*args, "--out", str(tmp_path / "llm"), "--llm", "fake-llm") == 0
+    llm_out = capsys.readouterr().out
+    assert asked == ["fake-llm"]
+    assert lucid(*args, "--out", str(tmp_path / "offline")) == 0  # no --llm: templates
+    offline_out = capsys.readouterr().out
+    assert asked == ["fake-llm"]  # not loaded again
+    (llm_records,), (offline_records,) = (
+        build.load_benchmark(tmp_path / "llm"),
+        build.load_benchmark(tmp_path / "offline"),
+    )
+    n = len(llm_records)
+    assert n == len(offline_records) > 0
+    for r, plain in zip(llm_records, offline_records, strict=True):
+        assert r["update"] == plain["update"]  # the edited question stays templated
+        assert r["rephrase"] == f"Tell me truly: {r['update']}" != plain["rephrase"]
+        assert r["personas"]["pirate"] == f"Arr, {r['update']}"
+        wrapped = questions.personas(r["update"])
+        for style in ("detective", "casual", "philosopher", "caveman"):  # fell back
+            assert r["personas"][style] == wrapped[style] == plain["personas"][style]
+        expected = {style: "template" for style in questions.PERSONAS} | {"pirate": "fake-llm"}
+        assert r["generators"] == {"rephrase": "fake-llm", "personas": expected}
+        assert r["generator"] == "fake-llm"  # record level: the LLM wrote some of it
+        assert plain["generator"] == "template"
+        assert plain["generators"] == {
+            "rephrase": "template",
+            "personas": dict.fromkeys(questions.PERSONAS, "template"),
+        }
+    manifest = json.loads((tmp_path / "llm" / "benchmark.json").read_text())
+    assert manifest["timesteps"][0]["reworded_by"] == {"template": 4 * n, "fake-llm": 2 * n}
+    assert f"reworded probes: {4 * n} templated, {2 * n} by fake-llm" in llm_out
+    assert f"reworded probes: {6 * n} templated" in offline_out
+    # a run's results and report name who wrote its reworded probes
+    model, tok = tiny_lm
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    run = ("editing", "run", "--method", "rag", "--model", str(tmp_path / "tiny"))
+    run += ("--max-edits", "2")
+    assert lucid(*run, "--benchmark", str(tmp_path / "llm"), "--out", str(tmp_path / "r")) == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["reworded_by"] == {"template": 8, "fake-llm": 4}
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "this benchmark's: 8 templated, 4 by fake-llm" in report

@@ -398,3 +398,43 @@ def test_import_reads_the_released_wikibigedit_layout(tmp_path, capsys):
     assert lucid(*args, "--out", str(tmp_path / "o")) == 2
     assert "is not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_of_a_folder_with_only_the_old_pickled_state_is_refused(
+    tmp_path, capsys, tiny_lm, monkeypatch
+):
+    """Versions before the JSON/safetensors checkpoints left checkpoints/state.pt (a
+    pickle): --resume must say so, never unpickle it, and never silently start over."""
+    tiny = str(_tiny_folder(tiny_lm, tmp_path / "tiny"))
+    run = tmp_path / "run"
+    args = ("editing", "run", "--method", "rag", "--model", tiny, "--max-edits", "1")
+    args += ("--out", str(run))
+    assert lucid(*args) == 0
+    # the folder as the older version left it: its other files, a pickled state, and a
+    # config.yaml that this version's config no longer equals
+    for new in (run / "checkpoints").iterdir():
+        new.unlink()
+    (run / "checkpoints" / "state.pt").write_bytes(b"\x80\x04not a real pickle.")
+    (run / "config.yaml").write_text(
+        (run / "config.yaml").read_text().replace("method: rag", "method: rag\nold_field: 1")
+    )
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+
+    def no_unpickling(*a, **k):
+        raise AssertionError("the old state.pt was loaded")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    monkeypatch.setattr("pickle.load", no_unpickling)
+    monkeypatch.setattr("pickle.loads", no_unpickling)
+    capsys.readouterr()
+    assert lucid(*args, "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "written by an older version of lucidml" in err[0]
+    assert "checkpoints/state.pt" in err[0] and "rerun without --resume" in err[0]
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    assert after == before  # nothing rewritten, nothing added
+    # once the run has this version's checkpoint beside it, the pickle is ignored
+    assert lucid(*args, "--overwrite") == 0
+    (run / "checkpoints" / "state.pt").write_bytes(b"\x80\x04not a real pickle.")
+    assert lucid(*args, "--resume") == 0

@@ -5,14 +5,22 @@ import pandas as pd
 import pytest
 import torch
 
-from lucidml.editing.state import join_state, load_state, save_state, split_state
+from lucidml.editing.state import (
+    join_state,
+    load_state,
+    refuse_pickled_state,
+    save_state,
+    split_state,
+)
 from lucidml.editing.summary import (
     interval,
     metric_values,
     probe_table,
     running_intervals,
     stratified_interval,
+    with_intervals,
 )
+from lucidml.errors import InputError
 
 
 def test_state_round_trips_through_json_and_safetensors(tmp_path):
@@ -81,7 +89,7 @@ def test_metric_values_group_probes_by_kind_phase_and_weights():
     )
     values = metric_values(table)
     assert values["rewrite"][0].tolist() == [1.0, 0.5]
-    assert values["personas"][0].tolist() == [0.5, 0.0]
+    assert values["personas"][0].tolist() == [0.25]  # one record: its two probes' mean
     assert values["personas_em"][0].tolist() == [0.0]  # the NaN is no probe
     v, w = values["loc_agree"]
     assert (v * w).sum() / w.sum() == pytest.approx(4 / 5)  # pooled over positions
@@ -90,3 +98,74 @@ def test_metric_values_group_probes_by_kind_phase_and_weights():
     both = running_intervals([values, values])
     assert both["rewrite_n"] == 4 and len(both["rewrite_ci"]) == 2
     assert isinstance(pd.DataFrame(table), pd.DataFrame)
+
+
+def _persona_table(scores: list[list[float]]) -> pd.DataFrame:
+    """One timestep's after-edit persona probes: ``scores[i]`` are record i's, one per style."""
+    styles = ["pirate", "caveman", "child", "poet", "lawyer"]
+    return probe_table(
+        [
+            dict(
+                timestep=0,
+                phase="after",
+                source_timestep=0,
+                record=i,
+                kind=f"personas_{styles[j]}",
+                question="q",
+                gold="a",
+                greedy="a",
+                teacher_forced=s,
+                first_token=s,
+                exact_match=s,
+                loc_same=math.nan,
+                loc_total=math.nan,
+            )
+            for i, record in enumerate(scores)
+            for j, s in enumerate(record)
+        ]
+    )
+
+
+def test_personas_interval_resamples_records_not_probes():
+    # perfectly correlated probes: a record's five answers are all right or all wrong, so
+    # the five say no more than one; the clustered interval is the record-level one
+    # (Wilson, 3 of 10: 0.1078 .. 0.6032 by hand), the pooled one (15 of 50) is narrower
+    table = _persona_table([[1.0] * 5] * 3 + [[0.0] * 5] * 7)
+    got = with_intervals({}, metric_values(table))
+    record_level = interval([1.0] * 3 + [0.0] * 7)
+    assert got["personas_em_ci"] == pytest.approx(list(record_level), abs=1e-12)
+    assert got["personas_em_ci"] == pytest.approx([0.1078, 0.6032], abs=1e-4)
+    assert got["personas_em_n"] == 10  # records, not the 50 probes
+    pooled = interval([1.0] * 15 + [0.0] * 35)
+    assert record_level[0] < pooled[0] and pooled[1] < record_level[1]
+    # the other direction: every record gets 3 of its 5 right, so records do not vary
+    # and the clustered interval collapses to the mean, while the pooled one (30 of 50) does not
+    table = _persona_table([[1.0, 1.0, 1.0, 0.0, 0.0]] * 10)
+    got = with_intervals({}, metric_values(table))
+    assert got["personas_ci"] == [0.6, 0.6]
+    lo, hi = interval([1.0] * 30 + [0.0] * 20)
+    assert lo < 0.5 and hi > 0.7
+    # each style alone is one probe per record: still probe-level
+    assert metric_values(table)["personas_pirate"][0].tolist() == [1.0] * 10
+
+
+def test_personas_record_means_weigh_unequal_probe_counts():
+    # a NaN exact match is no probe: record 0 has 2 scored probes, record 1 has 4
+    table = _persona_table([[1.0, 1.0, math.nan, math.nan], [0.0, 0.0, 0.0, 1.0]])
+    v, w = metric_values(table)["personas_em"]
+    assert v.tolist() == [1.0, 0.25] and w.tolist() == [2.0, 4.0]
+    assert (v * w).sum() / w.sum() == pytest.approx(3 / 6)  # the pooled mean
+    both = running_intervals([metric_values(table), metric_values(table)])
+    assert both["personas_em_n"] == 4  # two records in each of two timesteps
+
+
+def test_only_an_old_pickled_state_is_refused_and_never_read(tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    refuse_pickled_state(folder, "state")  # nothing stored: a fresh run, no refusal
+    (folder / "state.pt").write_bytes(b"\x80\x04not a real pickle.")
+    with pytest.raises(InputError, match="older version of lucidml.*checkpoints/state.pt"):
+        refuse_pickled_state(folder, "state")
+    save_state(folder, "state", 0, {"rows": []})  # this version's checkpoint wins
+    refuse_pickled_state(folder, "state")
+    assert load_state(folder, "state") == {"rows": []}

@@ -248,6 +248,12 @@ def run(
     folder_checks = dict(
         resume=resume, overwrite=overwrite, inputs=path_inputs(model=cfg.model, benchmark=bench_dir)
     )
+    if resume and out is not None:
+        # first: an older version's config.yaml would otherwise be refused field by field
+        from lucidml.editing.lifelong import STATE_KEY
+        from lucidml.editing.state import refuse_pickled_state
+
+        refuse_pickled_state(Path(out) / "checkpoints", STATE_KEY)
     target = claim("editing", out, cfg, **folder_checks, dry_run=True)  # before the model loads
     seed_everything(cfg.seed)
     if model is None:
@@ -272,6 +278,8 @@ def run(
         "method": cfg.method,
         "model": cfg.model,
         "editor": editor.config.model_dump(mode="json"),  # the effective hyperparameters
+        # who wrote the rephrase and persona probes: an LLM's name or "template"
+        "reworded_by": B.reworded_sources([r for ts in timesteps for r in ts]),
         **result,
         "env": environment(device, cfg.seed),
     }
@@ -363,16 +371,19 @@ def _report(title: str, results: dict[str, dict]):
 
     rep = Report(title)
     rep.heading("Running means after the last timestep")
+    first_result = next(iter(results.values()), {"timesteps": []})
+    sources = first_result.get("reworded_by")
+    written = f"this benchmark's: {B.describe_sources(sources)}" if sources is not None else ""
+    written = written or "templated rephrasings and persona wrappers unless built with --llm"
     rep.text(
         "Teacher-forced token accuracy on 'Q: {question} A: {answer}'. rewrite: the "
-        "edited questions; rephrase/personas: reworded ones (templated rephrasings and "
-        "persona wrappers unless the benchmark was built with --llm); mhop: chained "
+        f"edited questions; rephrase/personas: reworded ones ({written}); mhop: chained "
         "through the new object; loc_gold/loc_agree: unchanged facts (gold answer / "
         "agreement with the pre-edit model); past: edits of earlier timesteps; canary "
         "ppl: perplexity of general prose after the last timestep (a collapse alarm). "
         "Each cell: the mean, its 95% interval (stratified bootstrap over each "
-        "timestep's probes) and n, the probes behind it; the unedited model's row below "
-        "is the baseline."
+        "timestep's probes; over records for personas) and n, the probes (records, for "
+        "personas) behind it; the unedited model's row below is the baseline."
     )
     rep.table([_fmt_row(m, r) for m, r in results.items()])
     rep.heading("Knowing or copying: teacher-forced, first token, greedy exact match")
@@ -385,7 +396,6 @@ def _report(title: str, results: dict[str, dict]):
     )
     rep.table([_strict_row(m, r["final"]) for m, r in results.items()])
     # every method starts from the same model on the same records: one row says it all
-    first_result = next(iter(results.values()), {"timesteps": []})
     first = first_result["timesteps"][0] if first_result["timesteps"] else {}
     pre = {k[len("pre_") :]: v for k, v in first.items() if k.startswith("pre_")}
     rep.heading("Before the first edits")

@@ -150,6 +150,9 @@ def _pick_multihop(edit, by_subject, labels, templates, cfg, rng) -> tuple[str, 
     return (q, answer) if Q.acceptable(q, s, answer) and not leaks else None
 
 
+TEMPLATE = "template"  # the generator label of a templated question
+
+
 def make_record(edit, labels, templates, cfg, timestep, llm=None, similarity=None) -> dict | None:
     """One record for a kept edit (without probes), or None if its question fails the filter."""
     s, o, rel = labels[edit.subject], labels[edit.new_object], labels[edit.property]
@@ -165,12 +168,15 @@ def make_record(edit, labels, templates, cfg, timestep, llm=None, similarity=Non
         similarity=similarity,
         min_similarity=cfg.llm_min_similarity,
     )
+    name = getattr(llm, "name", "llm")
     rephrase, from_llm = ask(
         Q.rephrase_instruction(question), templates.rephrase(edit.property, s, rel)
     )
+    generators = {"rephrase": name if from_llm else TEMPLATE, "personas": {}}
     personas = {}
     for style, wrapped in Q.personas(question).items():
         personas[style], used = ask(Q.persona_instruction(question, style), wrapped)
+        generators["personas"][style] = name if used else TEMPLATE
         from_llm |= used
     tag = "update" if edit.kind == "added" and cfg.compat_added_as_update else edit.kind
     old = edit.old_object if isinstance(edit.old_object, str) else None
@@ -196,8 +202,37 @@ def make_record(edit, labels, templates, cfg, timestep, llm=None, similarity=Non
         "mhop_ans": None,
         "timestep": timestep,
         "seed": cfg.seed,
-        "generator": getattr(llm, "name", "llm") if from_llm else "template",
+        # the LLM's name if it wrote any reworded probe; ``generators`` says which
+        "generator": name if from_llm else TEMPLATE,
+        "generators": generators,
     }
+
+
+def reworded_sources(records: list[dict]) -> dict[str, int]:
+    """How many reworded probes (rephrase, each persona) each generator wrote: the LLM's
+    name, ``template``, or, for records without per-probe labels (imported ones), the
+    record's ``generator``; most first."""
+    counts: dict[str, int] = {}
+    for r in records:
+        per_probe = r.get("generators")
+        if isinstance(per_probe, dict):
+            names = [per_probe.get("rephrase"), *(per_probe.get("personas") or {}).values()]
+        else:
+            n = (r.get("rephrase") is not None) + len(r.get("personas") or {})
+            names = [r.get("generator") or "unknown"] * n
+        for g in names:
+            if g is not None:
+                counts[g] = counts.get(g, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def describe_sources(counts: dict[str, int]) -> str:
+    """ "12 by smollm2-135m-instruct, 48 templated": who wrote the reworded probes."""
+    if not counts:
+        return "no reworded probes"
+    return ", ".join(
+        f"{n} templated" if g == TEMPLATE else f"{n} by {g}" for g, n in counts.items()
+    )
 
 
 def edited_pairs(changes: pd.DataFrame) -> set[tuple[str, str]]:
@@ -270,6 +305,7 @@ def build_timestep(
         "dropped": dropped,
         "with_locality": sum(r["loc"] is not None for r in records),
         "with_multihop": sum(r["mhop"] is not None for r in records),
+        "reworded_by": reworded_sources(records),  # rephrase and persona probes per writer
     }
     return records, stats
 
@@ -283,8 +319,9 @@ def save_timestep(out_dir: str | Path, t: int, records: list[dict]) -> Path:
     path = timestep_file(out_dir, t)
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     frame = pd.DataFrame(records)
-    if "personas" in frame:
-        frame["personas"] = [json.dumps(p, ensure_ascii=False) for p in frame["personas"]]
+    for column in ("personas", "generators"):  # nested: JSON text in the Parquet copy
+        if column in frame:
+            frame[column] = [json.dumps(p, ensure_ascii=False) for p in frame[column]]
     frame.to_parquet(path.with_suffix(".parquet"), index=False)
     return path
 

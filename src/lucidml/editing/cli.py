@@ -145,10 +145,13 @@ def build(
         device=device,
     )
     folder, manifest = api.build([old, *new], out, cfg, resume=resume, overwrite=overwrite)
+    from lucidml.editing.build import describe_sources
+
     for step in manifest["timesteps"]:
         typer.echo(
             f"timestep {step['timestep']}: {step['kept']} records of "
-            f"{step['changes']} changes (dropped {json.dumps(step['dropped'])})"
+            f"{step['changes']} changes (dropped {json.dumps(step['dropped'])}); "
+            f"reworded probes: {describe_sources(step.get('reworded_by', {}))}"
         )
     typer.echo(f"benchmark -> {folder}")
 

@@ -25,7 +25,7 @@ from lucidml.editing.evaluate import (
     perplexity,
     score,
 )
-from lucidml.editing.state import load_state, save_state
+from lucidml.editing.state import load_state, refuse_pickled_state, save_state
 from lucidml.editing.summary import metric_values, probe_table, running_intervals, with_intervals
 
 STATE_KEY = "state"
@@ -179,6 +179,8 @@ def run_lifelong(
     R: list[list[float]] = []
     start = 0
     probes = probe_table([])
+    if run is not None:
+        refuse_pickled_state(run / "checkpoints", STATE_KEY)
     state = load_state(run / "checkpoints", STATE_KEY) if run is not None else None
     if state is not None:
         with torch.no_grad():

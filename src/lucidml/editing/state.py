@@ -81,6 +81,20 @@ def save_state(folder: str | Path, key: str, step: int, state: Any) -> Path:
     return folder / f"{key}.json"
 
 
+def refuse_pickled_state(folder: str | Path, key: str) -> None:
+    """Refuse a run folder whose only resume state is ``<key>.pt``, the pickle file that
+    versions before this format wrote: it is never loaded (unpickling a folder from
+    elsewhere can run code), and resuming without it would silently start over."""
+    folder = Path(folder)
+    if (folder / f"{key}.pt").is_file() and not (folder / f"{key}.json").is_file():
+        run = folder.parent
+        raise InputError(
+            f"cannot resume {run}: it was written by an older version of lucidml whose "
+            f"resume state ({folder.name}/{key}.pt) cannot be read; rerun without --resume "
+            "(with --overwrite to replace it) or into a new --out"
+        )
+
+
 def load_state(folder: str | Path, key: str) -> Any | None:
     """The state ``save_state`` wrote under ``key``, or None when there is none."""
     from safetensors.torch import load_file
@@ -97,4 +111,4 @@ def load_state(folder: str | Path, key: str) -> Any | None:
     return join_state(stored["state"], load_file(tensor_file))
 
 
-__all__ = ["join_state", "load_state", "save_state", "split_state"]
+__all__ = ["join_state", "load_state", "refuse_pickled_state", "save_state", "split_state"]

@@ -3,9 +3,12 @@
 Each evaluation yields one row per probe (question, gold answer, greedy answer and its
 three scores). A metric is the mean of one score over one kind of probe; its interval is
 the Wilson interval when the scores are 0/1 (first token, exact match) and otherwise a
-percentile bootstrap over probes (teacher-forced accuracy, locality agreement). A running
-mean over timesteps is a mean of per-timestep means; its interval resamples the probes
-within each timestep (a stratified bootstrap).
+percentile bootstrap over probes (teacher-forced accuracy, locality agreement). The
+pooled ``personas`` metric asks each record several questions, which are not independent:
+its interval resamples records (a cluster bootstrap: each record's mean weighted by its
+probe count), and its n counts records. A running mean over timesteps is a mean of
+per-timestep means; its interval resamples the probes (records, for personas) within each
+timestep (a stratified bootstrap).
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ def stratified_interval(groups: list[tuple], seed: int = 0) -> tuple[float, floa
 def metric_values(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Per metric key, the probe values (and weights) behind its mean, for one
     timestep's probe table: ``rewrite_em``, ``pre_mhop``, ``past_first_token``,
-    ``loc_agree``, ``personas`` (all styles pooled; every record has every style, so
-    the pooled mean is the mean of the style means) and each style."""
+    ``loc_agree``, ``personas`` (all styles pooled, as record means weighted by their
+    probe counts, see ``record_means``; every record has every style, so the pooled mean
+    is the mean of the style means) and each style."""
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     prefixes = {"after": "", "before": "pre_", "past": ""}
     for phase, prefix in prefixes.items():
@@ -92,16 +96,33 @@ def metric_values(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray
             kinds = {"past": kinds.get("rewrite", rows.iloc[:0])}
         for kind, probes in kinds.items():
             for column, suffix in SCORES.items():
-                values = probes[column].to_numpy(dtype=np.float64)
-                values = values[~np.isnan(values)]
+                if kind == "personas":  # several probes per record: one cluster each
+                    values, weights = record_means(probes, column)
+                else:
+                    values = probes[column].to_numpy(dtype=np.float64)
+                    values, weights = values[~np.isnan(values)], None
                 if values.size:
-                    out[f"{prefix}{kind}{suffix}"] = (values, None)
+                    out[f"{prefix}{kind}{suffix}"] = (values, weights)
         if phase == "after":
             loc = rows[(rows["kind"] == "loc_gold") & (rows["loc_total"] > 0)]
             if not loc.empty:
                 total = loc["loc_total"].to_numpy(dtype=np.float64)
                 out["loc_agree"] = (loc["loc_same"].to_numpy(dtype=np.float64) / total, total)
     return out
+
+
+def record_means(probes: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per record (source timestep, record index), the mean of ``column`` over its probes
+    (NaNs are no probe), weighted by how many it has: the weighted mean of these is the
+    pooled mean, and resampling them is a cluster bootstrap over records. Equal counts
+    give no weights (then 0/1 record means take the Wilson interval, as 0/1 probes do)."""
+    scored = probes[probes[column].notna()]
+    if scored.empty:
+        return np.zeros(0), None
+    grouped = scored.groupby(["source_timestep", "record"], sort=True)[column]
+    means = grouped.mean().to_numpy(dtype=np.float64)
+    counts = grouped.size().to_numpy(dtype=np.float64)
+    return means, None if np.all(counts == counts[0]) else counts
 
 
 def with_intervals(metrics: dict, values: dict[str, tuple], seed: int = 0) -> dict:
