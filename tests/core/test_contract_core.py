@@ -269,7 +269,15 @@ def test_two_launched_processes_split_the_items_and_the_main_one_merges(tmp_path
     if not launcher.exists() and shutil.which("accelerate") is None:
         pytest.skip("accelerate's launcher is not installed")
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "s"), str(tmp_path)]
+    cmd += [
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(script),
+        str(tmp_path / "s"),
+        str(tmp_path),
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
