@@ -169,3 +169,13 @@ def test_only_an_old_pickled_state_is_refused_and_never_read(tmp_path):
     save_state(folder, "state", 0, {"rows": []})  # this version's checkpoint wins
     refuse_pickled_state(folder, "state")
     assert load_state(folder, "state") == {"rows": []}
+
+
+def test_a_running_mean_of_all_zero_scores_keeps_the_wilson_interval():
+    # 0 of 57 exact matches over two timesteps: the bootstrap resamples only zeros and gave
+    # [0, 0]; the pooled Wilson interval is the honest one (0 of 57: upper bound 0.063)
+    groups = [(np.zeros(22), None), (np.zeros(35), None)]
+    lo, hi = stratified_interval(groups)
+    assert lo == 0.0 and hi == pytest.approx(3.8415 / (57 + 3.8415), rel=1e-3)
+    ones = [(np.ones(22), None), (np.ones(35), None)]
+    assert stratified_interval(ones)[0] == pytest.approx(57 / (57 + 3.8415), rel=1e-3)

@@ -66,6 +66,12 @@ def stratified_interval(groups: list[tuple], seed: int = 0) -> tuple[float, floa
         return math.nan, math.nan
     if len(groups) == 1:
         return interval(*groups[0], seed=seed)
+    pooled = np.concatenate([v for v, _ in groups])
+    binary = all(w is None for _, w in groups) and np.isin(pooled, (0.0, 1.0)).all()
+    if binary and np.all(pooled == pooled[0]):
+        # all 0 (or all 1): every resample repeats it, an interval of zero width; the mean
+        # of the group means is then the pooled proportion, whose Wilson interval stands
+        return interval(pooled, seed=seed)
     rng = np.random.default_rng(seed)
     means = np.zeros(N_BOOT)
     for v, w in groups:
