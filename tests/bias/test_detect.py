@@ -124,8 +124,16 @@ def test_from_pretrained_unknown_model_is_a_model_error(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="cannot load"):
         ChoiceLabeller.from_pretrained(str(tmp_path))
     # an id absent from the cache while offline is named as such; no hub or cache is asked
+    # and transformers is never reached, so nothing is loaded or downloaded
+    import transformers
+
+    def never(*args, **kwargs):
+        raise AssertionError("the refusal must come before transformers loads anything")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("lucidml.core.zoo.hub_offline", lambda name: True)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", never)
     with pytest.raises(ModelError, match="offline"):
         ChoiceLabeller.from_pretrained("org/absent-model")
 
