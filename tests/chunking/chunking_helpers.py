@@ -31,6 +31,28 @@ def planted_rows(
     return torch.tensor(rows)
 
 
+def train_planted_lm(**rows):
+    """A 2-layer, 64-wide Llama trained on one thread for 150 AdamW steps on planted rows
+    (``rows``: ``planted_rows``' options, e.g. a stray token); (model in eval mode, tokenizer)."""
+    from lucidml.testing import tiny_llama
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model, tok = tiny_llama(words=[f"w{i}" for i in range(37)], hidden_size=64, num_layers=2)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        x = planted_rows(16, 64, rng, **rows)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    return model.eval(), tok
+
+
 def lm_states(model, n_rows: int, seed: int):
     """(token ids, hidden_states per index, sentence ids) of fresh planted rows, flattened."""
     x = planted_rows(n_rows, 64, np.random.default_rng(seed))

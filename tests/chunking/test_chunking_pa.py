@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from chunking_helpers import CHUNKS, byte_bpe_tokenizer, lm_states, planted_rows
+from chunking_helpers import CHUNKS, byte_bpe_tokenizer, lm_states, planted_rows, train_planted_lm
 
 from lucidml.chunking import pa
 from lucidml.errors import InputError
@@ -247,20 +247,7 @@ def test_a_logistic_probe_finds_a_planted_shift():
 def stray_lm():
     """Like ``chunk_lm``, but token 31 (the middle of chunk 30 31 32) also occurs alone,
     so predicting what follows it needs its context: 32 inside the chunk, noise outside."""
-    from lucidml.testing import tiny_llama
-
-    model, tok = tiny_llama(words=[f"w{i}" for i in range(37)], hidden_size=64, num_layers=2)
-    rng = np.random.default_rng(0)
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(150):
-        x = planted_rows(16, 64, rng, stray=31, p_stray=0.05)
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return train_planted_lm(stray=31, p_stray=0.05)[0]
 
 
 def _inside_outside(model, seed: int):

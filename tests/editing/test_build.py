@@ -385,14 +385,7 @@ def _fake_question_llm(prompt: str) -> str:
 def test_llm_rewrites_are_the_default_with_llm_and_every_probe_names_its_writer(
     tmp_path, monkeypatch, capsys, tiny_lm
 ):
-    from lucidml.cli import main
-
-    def lucid(*args):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            return exc.code
-        return 0
+    from cli_runner import lucid
 
     dumps = [
         str(facts_dump(tmp_path / "old.json", OLD, LABELS, PROPS)),

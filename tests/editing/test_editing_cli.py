@@ -2,17 +2,9 @@ import json
 
 import pytest
 import torch
+from cli_runner import lucid
 
-from lucidml.cli import main
 from lucidml.editing import api
-
-
-def lucid(*args):
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 def test_parse_and_build_in_two_commands(tmp_path, capsys):

@@ -15,20 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runner import lucid
 from wikidata_fixtures import entity, statement, write_dump
 
-from lucidml.cli import main
 from lucidml.editing import api, wikidata
 from lucidml.editing.config import ParseConfig
 from lucidml.errors import InputError
-
-
-def lucid(*args):
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 def _dump(path: Path, n: int = 60) -> Path:
